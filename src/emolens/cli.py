@@ -1,0 +1,259 @@
+"""Command-line interface: ``emolens train|evaluate|predict|live|export|models``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    from .training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t = hints[f.name]
+        if t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})")
+        else:
+            base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
+            p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig.load(a.config) if a.config else TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(a, f.name)
+        if v is not None:
+            setattr(cfg, f.name, v)
+    if not cfg.root:
+        raise SystemExit("emolens train: --root is required (the dataset folder)")
+    out = train(cfg, resume=a.resume)
+    print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate
+
+    m = evaluate(
+        a.checkpoint,
+        a.dataset,
+        a.root,
+        split=a.split,
+        out=a.out,
+        tta=a.tta,
+        workers=a.workers,
+        protocol=a.protocol,
+        device=a.device,
+    )
+    print(
+        f"{m['model']} on {a.dataset}/{a.split}: n={m['n']} accuracy={m['accuracy']:.4f} "
+        f"balanced_accuracy={m['balanced_accuracy']:.4f} macro_f1={m['macro_f1']:.4f}"
+    )
+    if a.out:
+        print(f"report: {a.out}/report.md")
+    return 0
+
+
+def _pipeline(a: argparse.Namespace):
+    from .live.classifier import EmotionClassifier
+    from .live.detectors import create_detector
+    from .live.pipeline import Pipeline
+    from .live.smoothing import Smoother
+
+    clf = EmotionClassifier(a.checkpoint, backend="onnx" if a.onnx else "torch", onnx_path=a.onnx)
+    det = create_detector(a.detector, model=a.detector_model)
+    return Pipeline(clf, det, Smoother(a.smooth, alpha=a.alpha, window=a.window), margin=a.margin, align=a.align)
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from .live.images import expand_inputs, predict_images
+
+    pipe = _pipeline(a)
+    paths = expand_inputs(a.inputs)
+    records = []
+    for rec in predict_images(pipe, paths, whole_image=a.whole_image, annotate=a.annotate, progress=not a.quiet):
+        records.append(rec)
+        if not (a.json or a.csv):
+            faces = ", ".join(f"{f['label']} {100 * f['confidence']:.0f}%" for f in rec["faces"]) or (
+                rec.get("error") or "no face"
+            )
+            print(f"{rec['file']}: {faces}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"classes": pipe.classes, "images": records}, f, indent=1)
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                ["file", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes], "error"]
+            )
+            for r in records:
+                for k, face in enumerate(r["faces"]):
+                    w.writerow(
+                        [r["file"], k, *face["box"], face["label"], face["confidence"], *face["probs"].values(), ""]
+                    )
+                if "error" in r:
+                    w.writerow([r["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), r["error"]])
+    bad = sum("error" in r for r in records)
+    n_faces = sum(len(r["faces"]) for r in records)
+    print(f"{len(records)} image(s), {n_faces} face(s), {bad} unreadable", file=sys.stderr)
+    return 1 if bad == len(records) else 0
+
+
+def cmd_live(a: argparse.Namespace) -> int:
+    import json
+
+    source = a.source
+    if source == "sample":
+        from .live.synthetic import sample_video
+
+        source = str(sample_video())
+        print(f"bundled sample clip: {source}", file=sys.stderr)
+    pipe = _pipeline(a)
+    summary = pipe.run(
+        source,
+        output=a.output,
+        rows=a.csv or a.jsonl,
+        show=a.show,
+        every=a.every,
+        max_frames=a.max_frames,
+        bars=a.bars,
+        summary_dir=a.summary,
+        progress=not a.quiet,
+    )
+    brief = {
+        k: summary[k] for k in ("source", "frames_read", "fps", "frames_with_faces", "dropped_frames", "ended_early")
+    }
+    brief["tracks"] = {t: v["dominant"] for t, v in summary["tracks"].items()}
+    print(json.dumps(brief))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .live.classifier import default_checkpoint
+
+    info = export_onnx(a.checkpoint or default_checkpoint(), a.output, opset=a.opset)
+    print(
+        f"wrote {info['onnx']} ({info['model']}, {len(info['classes'])} classes); "
+        f"max |p_onnx - p_torch| = {info['max_abs_diff']:.2e}"
+    )
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from . import models
+
+    for name in models.available():
+        s = models.spec(name)
+        print(f"{name:20s} {s.image_size:>4d}px {'grey' if s.channels == 1 else 'RGB ':4s}  {s.description}")
+    return 0
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled FER+ model)")
+    p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
+    p.add_argument(
+        "--detector",
+        default="auto",
+        choices=["auto", "yunet", "haar"],
+        help="face detector (auto: YuNet if its model is available or downloadable, else Haar)",
+    )
+    p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download)")
+    p.add_argument("--margin", type=float, default=0.1, help="extra context around each face box, per side")
+    p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
+    p.add_argument("--smooth", default="ema", choices=["ema", "window", "none"], help="temporal smoothing per face")
+    p.add_argument("--alpha", type=float, default=0.35, help="EMA weight of the newest frame")
+    p.add_argument("--window", type=int, default=8, help="frames averaged by --smooth window")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="emolens", description=__doc__)
+    p.add_argument("--version", action="version", version=f"emolens {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a dataset")
+    t.add_argument("--config", help="JSON config (e.g. a run's config.json); flags override it")
+    t.add_argument("--resume", action="store_true", help="continue OUT/last.pt at the last finished epoch")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | folder")
+    e.add_argument("--root", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
+    e.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    e.add_argument("--protocol", default="paper", help="AffectNet split protocol: paper | official")
+    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="emotions of every face in images or folders")
+    pr.add_argument("inputs", nargs="+", help="image files and/or folders")
+    pr.add_argument("--json", help="write all results to this JSON file")
+    pr.add_argument("--csv", help="write one row per face to this CSV file")
+    pr.add_argument("--annotate", help="folder for annotated copies of the images")
+    pr.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
+    _add_pipeline_flags(pr)
+    pr.set_defaults(func=cmd_predict, smooth="none")
+
+    lv = sub.add_parser("live", help="webcam, video file, stream or screen: label every face, in real time")
+    lv.add_argument("--source", default="0", help="camera index, video file, rtsp/http URL, 'screen' or 'sample'")
+    lv.add_argument("--output", help="annotated video file (.mp4, .avi)")
+    lv.add_argument("--csv", help="per-frame per-face rows (CSV), flushed every frame")
+    lv.add_argument("--jsonl", help="the same rows as JSON lines")
+    lv.add_argument("--summary", help="folder for summary.json and timeline.png")
+    lv.add_argument("--show", action="store_true", help="open a window (where a display exists)")
+    lv.add_argument("--every", type=int, default=1, help="classify every Nth frame of a file (others reuse it)")
+    lv.add_argument("--max-frames", type=int, help="stop after this many frames")
+    lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
+    _add_pipeline_flags(lv)
+    lv.set_defaults(func=cmd_live)
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    ex.add_argument("--checkpoint", help="default: the bundled model")
+    ex.add_argument("--format", default="onnx", choices=["onnx"])
+    ex.add_argument("--output", "-o", default="emolens.onnx")
+    ex.add_argument("--opset", type=int, default=17)
+    ex.set_defaults(func=cmd_export)
+
+    mo = sub.add_parser("models", help="list the model registry")
+    mo.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .data import DataError
+    from .live.sources import SourceError
+    from .training import CheckpointError
+
+    try:
+        return a.func(a)
+    except (DataError, CheckpointError, SourceError, FileNotFoundError, OSError) as e:
+        print(f"emolens {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The dataset type every loader returns, plus image decoding with clear errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad dataset input: the message names the file and what is wrong."""
+
+
+@dataclass
+class Sample:
+    """One face: an image file (or in-memory pixels), an optional face box and its labels."""
+
+    label: int
+    path: str | None = None
+    pixels: np.ndarray | None = None  # uint8 HxW or HxWx3 (e.g. from fer2013.csv)
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h of the face inside the image
+    soft: np.ndarray | None = None  # vote distribution over classes (sums to 1)
+    valence: float | None = None
+    arousal: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path if self.path is not None else "<in-memory pixels>"
+
+
+def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
+    """Decode an image file to uint8 HxW (``channels=1``) or RGB HxWx3 (``channels=3``).
+
+    Handles grey, BGR(A), palette and 16-bit files. Raises :class:`DataError` naming the file
+    when it is missing, empty or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: image file not found")
+    buf = np.fromfile(str(p), dtype=np.uint8)
+    if buf.size == 0:
+        raise DataError(f"{p}: image file is empty")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"{p}: not a readable image (corrupt or unsupported format)")
+    return to_uint8_channels(img, channels, source=str(p))
+
+
+def to_uint8_channels(img: np.ndarray, channels: int, source: str = "<array>", bgr: bool = True) -> np.ndarray:
+    """Convert any decoded image (grey/BGR/BGRA, 8 or 16 bit, float) to uint8 grey or RGB.
+
+    ``bgr`` says whether a 3/4-channel input is in OpenCV's BGR order (True) or RGB (False).
+    """
+    if img.dtype == np.uint16:
+        img = (img / 257.0).round().astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        scale = 255.0 if img.max(initial=0) <= 1.0 else 1.0
+        img = np.clip(img * scale, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f"{source}: unsupported pixel type {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return img if channels == 1 else np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise DataError(f"{source}: unsupported image shape {img.shape}")
+    if img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR if bgr else cv2.COLOR_RGBA2RGB)
+    if channels == 1:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(img)
+
+
+def crop_box(img: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """Crop ``(x, y, w, h)`` clipped to the image; ``None`` returns the image unchanged."""
+    if box is None:
+        return img
+    x, y, w, h = (int(round(v)) for v in box)
+    H, W = img.shape[:2]
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return img
+    return img[y0:y1, x0:x1]
+
+
+class FaceDataset(Dataset):
+    """A list of :class:`Sample` s decoded to fixed-size uint8 faces, then ``transform`` ed.
+
+    ``__getitem__`` returns ``(image, label, soft)``: the transformed image tensor, the integer
+    label and the soft target (vote distribution, or one-hot when the dataset has no votes).
+
+    ``on_error="raise"`` stops at the first unreadable image with a :class:`DataError`;
+    ``"skip"`` logs it, counts it in :attr:`bad_files` and serves the next readable sample.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        name: str = "dataset",
+        image_size: int = 48,
+        channels: int = 1,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_error: str = "skip",
+    ) -> None:
+        if len(samples) == 0:
+            raise DataError(f"{name}: no images found")
+        if on_error not in ("raise", "skip"):
+            raise ValueError("on_error must be 'raise' or 'skip'")
+        n = len(classes)
+        for s in samples:
+            if not 0 <= s.label < n:
+                raise DataError(f"{s.name}: label {s.label} out of range for {n} classes {list(classes)}")
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.name = name
+        self.image_size = image_size
+        self.channels = channels
+        self.transform = transform
+        self.on_error = on_error
+        self.bad_files: dict[str, str] = {}
+        self._cache: np.ndarray | None = None  # set by emolens.data.cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.classes))
+
+    def soft_target(self, i: int) -> np.ndarray:
+        s = self.samples[i]
+        if s.soft is not None:
+            return s.soft.astype(np.float32)
+        onehot = np.zeros(len(self.classes), np.float32)
+        onehot[s.label] = 1.0
+        return onehot
+
+    def load_face(self, i: int) -> np.ndarray:
+        """Decoded, cropped and resized face ``i`` as uint8 HxW or HxWx3 (no augmentation)."""
+        if self._cache is not None:
+            return np.asarray(self._cache[i])
+        s = self.samples[i]
+        if s.pixels is not None:
+            img = to_uint8_channels(s.pixels, self.channels, source=s.name)
+        else:
+            img = read_image(s.path, self.channels)  # type: ignore[arg-type]
+        img = crop_box(img, s.box)
+        if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
+            interp = cv2.INTER_AREA if img.shape[0] > self.image_size else cv2.INTER_LINEAR
+            img = cv2.resize(img, (self.image_size, self.image_size), interpolation=interp)
+        return img
+
+    def _load_checked(self, i: int) -> tuple[int, np.ndarray]:
+        for k in range(len(self.samples)):
+            j = (i + k) % len(self.samples)
+            try:
+                return j, self.load_face(j)
+            except DataError as e:
+                if self.on_error == "raise":
+                    raise
+                name = self.samples[j].name
+                if name not in self.bad_files:
+                    self.bad_files[name] = str(e)
+                    log.warning("skipping unreadable image (%d so far): %s", len(self.bad_files), e)
+        raise DataError(f"{self.name}: none of the {len(self.samples)} images could be read")
+
+    def __getitem__(self, i: int):
+        j, img = self._load_checked(i)
+        t = torch.from_numpy(np.ascontiguousarray(img))
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        if self.transform is not None:
+            t = self.transform(t)
+        return t, self.samples[j].label, torch.from_numpy(self.soft_target(j))

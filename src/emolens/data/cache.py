@@ -1,0 +1,76 @@
+"""One-time cache of decoded, cropped, resized faces as a uint8 memmap (``.npy``).
+
+An epoch then reads contiguous bytes instead of decoding JPEG/PNG files; see
+``benchmarks/train_speed.py`` for the measured effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .base import DataError, FaceDataset
+
+
+def default_cache_dir() -> Path:
+    """``$EMOLENS_CACHE`` or ``~/.cache/emolens``."""
+    return Path(os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens"))
+
+
+def cache_key(ds: FaceDataset) -> str:
+    h = hashlib.sha256()
+    h.update(f"{ds.image_size}|{ds.channels}|{len(ds)}".encode())
+    for s in ds.samples:
+        h.update(f"{s.name}|{s.box}\n".encode())
+    return h.hexdigest()[:20]
+
+
+class _CachedFaces:
+    """Memmap view that raises :class:`DataError` for images that failed to decode at build time."""
+
+    def __init__(self, arr: np.ndarray, bad: dict[int, str]):
+        self.arr, self.bad = arr, bad
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i in self.bad:
+            raise DataError(self.bad[i])
+        return np.array(self.arr[i])  # a writable copy (torch warns on read-only memmap views)
+
+
+def attach_cache(ds: FaceDataset, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Build (once) and attach the decoded-face cache of ``ds``; returns the cache file path.
+
+    Unreadable images are recorded in the cache's metadata; with ``on_error="raise"`` building stops
+    at the first one (naming it), with ``"skip"`` they are skipped at training time as without cache.
+    """
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(ds)
+    path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if path.is_file() and meta_path.is_file():
+        bad = {int(k): v for k, v in json.loads(meta_path.read_text())["bad"].items()}
+    else:
+        shape = (len(ds), ds.image_size, ds.image_size) + ((ds.channels,) if ds.channels == 3 else ())
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        bad = {}
+        for i in tqdm(range(len(ds)), desc=f"caching {ds.name}", disable=not progress, unit="img"):
+            try:
+                arr[i] = ds.load_face(i)
+            except DataError as e:
+                if ds.on_error == "raise":
+                    del arr
+                    tmp.unlink(missing_ok=True)
+                    raise
+                bad[i] = str(e)
+        arr.flush()
+        del arr
+        os.replace(tmp, path)
+        meta_path.write_text(json.dumps({"dataset": ds.name, "n": len(ds), "bad": bad}))
+    ds._cache = _CachedFaces(np.load(path, mmap_mode="r"), bad)  # type: ignore[assignment]
+    return path

@@ -1,0 +1,44 @@
+"""Any class-per-folder tree (``root/<class>/*.jpg``), optionally with train/val/test subfolders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..labels import CLASSES, canonical_name
+from .base import DataError, Sample
+from .split import check_split, stratified_split
+
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def _scan(d: Path) -> list[Sample]:
+    class_dirs = sorted(p for p in d.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise DataError(f"{d}: no class folders found")
+    out: list[Sample] = []
+    for cdir in class_dirs:
+        try:
+            y = CLASSES.index(canonical_name(cdir.name))
+        except ValueError as e:
+            raise DataError(f"{cdir}: {e}") from None
+        out.extend(Sample(label=y, path=str(f)) for f in sorted(cdir.rglob("*")) if f.suffix.lower() in IMAGE_EXT)
+    if not out:
+        raise DataError(f"{d}: class folders contain no images ({', '.join(IMAGE_EXT)})")
+    return out
+
+
+def folder_samples(root: str | Path, split: str, seed: int = 0) -> list[Sample]:
+    """Samples of one split; labels are canonical 8-class indices mapped from folder names."""
+    check_split(split)
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found")
+    for name in _SPLIT_DIRS[split]:
+        if (root / name).is_dir():
+            return _scan(root / name)
+    if any((root / n).is_dir() for names in _SPLIT_DIRS.values() for n in names):
+        raise DataError(f"{root}: has split folders but none for {split!r} ({'/'.join(_SPLIT_DIRS[split])})")
+    pool = _scan(root)
+    idx = stratified_split([s.label for s in pool], seed=seed)[split]
+    return [pool[i] for i in idx]

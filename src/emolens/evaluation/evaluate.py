@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint on a dataset split and write the full report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import open_dataset
+from ..labels import remap
+from ..training.checkpoint import build_from_checkpoint, load_checkpoint
+from ..transforms import eval_transform
+from .inference import predict_loader
+from .metrics import classification_metrics
+from .report import write_report
+
+
+def evaluate(
+    checkpoint: str | Path,
+    dataset: str,
+    root: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    tta: bool = False,
+    batch_size: int = 256,
+    workers: int = 0,
+    protocol: str = "paper",
+    device: str = "cpu",
+    progress: bool = True,
+    cache: bool = False,
+) -> dict:
+    """Metrics of ``checkpoint`` on ``dataset``/``split``; writes the report into ``out`` when given.
+
+    A model trained on 8 classes can be scored on a 7-class set (FER2013): predictions are taken
+    over the dataset's classes only.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model, pre = build_from_checkpoint(ckpt, str(checkpoint))
+    dev = torch.device(device)
+    model.to(dev)
+    ds = open_dataset(
+        dataset,
+        root,
+        split,
+        image_size=pre.image_size,
+        channels=pre.channels,
+        transform=eval_transform(pre),
+        protocol=protocol,
+        cache=cache,
+    )
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    probs, labels, _ = predict_loader(model, loader, dev, tta=tta, progress=progress, desc=f"evaluate {ds.name}")
+    model_classes = ckpt["classes"]
+    if list(ds.classes) != list(model_classes):
+        missing = [c for c in ds.classes if c not in model_classes]
+        if missing:
+            raise ValueError(f"{checkpoint}: model has no class(es) {missing} needed by {ds.name}")
+        cols = [model_classes.index(c) for c in ds.classes]
+        probs = probs[:, cols]
+    m = classification_metrics(labels, probs.argmax(1), ds.classes)
+    m.update(
+        checkpoint=str(checkpoint),
+        model=ckpt["model"],
+        dataset=dataset,
+        split=split,
+        tta=tta,
+        skipped_images=len(ds.bad_files),
+    )
+    if out:
+        history = None
+        run_metrics = Path(checkpoint).with_name("metrics.jsonl")
+        if run_metrics.is_file():
+            import json
+
+            history = [json.loads(line) for line in run_metrics.read_text().splitlines() if line.strip()]
+        write_report(m, out, title=f"{ckpt['model']} on {dataset} {split}", history=history)
+    return m
+
+
+__all__ = ["evaluate", "remap"]

@@ -1,0 +1,81 @@
+"""Emotion classifier for face crops: a PyTorch checkpoint or its ONNX export, batched over all faces."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training.checkpoint import build_from_checkpoint, load_checkpoint
+from ..transforms import Preprocess
+
+DEFAULT_WEIGHTS = "fernet_ferplus.pt"
+
+
+def default_checkpoint() -> Path:
+    """Path of the bundled FER+ model shipped inside the package (see ``weights/MODEL_CARD.md``)."""
+    return Path(str(resources.files("emolens") / "weights" / DEFAULT_WEIGHTS))
+
+
+class EmotionClassifier:
+    """Probabilities over ``classes`` for a batch of uint8 face crops prepared per :attr:`preprocess`.
+
+    ``backend="torch"`` runs the checkpoint; ``"onnx"`` runs ``onnx_path`` (from ``emolens export``)
+    in ONNX Runtime with the checkpoint's classes and preprocessing.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        path = Path(checkpoint) if checkpoint else default_checkpoint()
+        ckpt = load_checkpoint(path)
+        self.checkpoint = path
+        self.classes: list[str] = list(ckpt["classes"])
+        self.model_name: str = ckpt["model"]
+        self.preprocess: Preprocess = Preprocess.from_dict(ckpt["preprocess"])
+        self.backend = backend
+        self.device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        if backend == "torch":
+            self.model, _ = build_from_checkpoint(ckpt, str(path))
+            self.model.to(self.device)
+        elif backend == "onnx":
+            import onnxruntime as ort
+
+            if onnx_path is None:
+                raise ValueError("backend='onnx' needs onnx_path (create it with `emolens export`)")
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+        p = self.preprocess
+        self._mean = np.asarray(p.mean, np.float32).reshape(1, -1, 1, 1)
+        self._std = np.asarray(p.std, np.float32).reshape(1, -1, 1, 1)
+
+    def to_input(self, faces: np.ndarray) -> np.ndarray:
+        """uint8 N x S x S (x 3) -> normalised float32 N x C x S x S, exactly as at training."""
+        x = faces.astype(np.float32) / 255.0
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray((x - self._mean) / self._std)
+
+    @torch.no_grad()
+    def predict(self, faces: np.ndarray) -> np.ndarray:
+        """Class probabilities, N x len(classes), for a uint8 batch of crops (N may be 0)."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        x = self.to_input(faces)
+        if self.backend == "onnx":
+            logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            return (e / e.sum(1, keepdims=True)).astype(np.float32)
+        return self.model(torch.from_numpy(x).to(self.device)).softmax(1).cpu().numpy()

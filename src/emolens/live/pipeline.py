@@ -1,0 +1,202 @@
+"""The Static2Live pipeline: detect -> crop -> classify (batched) -> track -> smooth -> draw/write."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .classifier import EmotionClassifier
+from .crop import crop_faces
+from .detectors import Face, FaceDetector, create_detector
+from .render import draw_faces, draw_fps
+from .smoothing import Smoother
+from .sources import FrameSource
+from .tracker import IoUTracker
+from .writers import RowWriter, Summary, open_video_writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceResult:
+    """One face in one frame: box (x, y, w, h), track ID, smoothed probabilities and label."""
+
+    box: np.ndarray
+    track_id: int
+    probs: np.ndarray
+    label: str
+    confidence: float
+    det_score: float = 1.0
+    raw_probs: np.ndarray | None = field(default=None, repr=False)
+
+
+class StageTimer:
+    """Accumulated seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.total[stage] += seconds
+        self.calls[stage] += 1
+
+    def ms_per_frame(self, frames: int) -> dict[str, float]:
+        return {k: 1000 * v / max(frames, 1) for k, v in self.total.items()}
+
+
+class Pipeline:
+    """Composable per-frame processing; each stage is a plain object you can swap."""
+
+    def __init__(
+        self,
+        classifier: EmotionClassifier | None = None,
+        detector: FaceDetector | None = None,
+        smoother: Smoother | None = None,
+        tracker: IoUTracker | None = None,
+        margin: float = 0.1,
+        align: bool = False,
+    ) -> None:
+        self.classifier = classifier or EmotionClassifier()
+        self.detector = detector or create_detector("haar")
+        self.smoother = smoother or Smoother()
+        self.tracker = tracker or IoUTracker()
+        self.margin, self.align = margin, align
+        self.timer = StageTimer()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classifier.classes
+
+    def reset(self) -> None:
+        """Forget all tracks and smoothing state (e.g. between unrelated images or videos)."""
+        self.tracker.reset()
+        self.smoother.reset()
+
+    def classify(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """Raw class probabilities for ``faces`` of ``frame`` (one batched forward pass)."""
+        crops = crop_faces(frame, faces, self.classifier.preprocess, self.margin, self.align)
+        return self.classifier.predict(crops)
+
+    def process(self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None) -> list[FaceResult]:
+        """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame."""
+        t = time.perf_counter()
+        if faces is None:
+            faces = self.detector.detect(frame)
+        t1 = time.perf_counter()
+        probs = self.classify(frame, faces)
+        t2 = time.perf_counter()
+        ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
+        self.smoother.drop(dropped)
+        out = []
+        for f, p, tid in zip(faces, probs, ids, strict=True):
+            sp = self.smoother.update(tid, p)
+            k = int(np.argmax(sp))
+            out.append(FaceResult(f.box, tid, sp, self.classes[k], float(sp[k]), f.score, p))
+        t3 = time.perf_counter()
+        self.timer.add("detect", t1 - t)
+        self.timer.add("classify", t2 - t1)
+        self.timer.add("track", t3 - t2)
+        return out
+
+    def run(
+        self,
+        source: str | int,
+        output: str | Path | None = None,
+        rows: str | Path | None = None,
+        show: bool = False,
+        every: int = 1,
+        max_frames: int | None = None,
+        bars: bool = False,
+        summary_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> dict:
+        """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
+
+        Rows are flushed every frame and the video writer is released on any error, so work done
+        before a failure is kept. Returns the summary dict (also written as ``summary.json``).
+        """
+        src = FrameSource(source, max_frames=max_frames)
+        writer = RowWriter(rows, self.classes) if rows else None
+        video = None
+        summary = Summary(self.classes)
+        window = "emolens" if show and _has_display() else None
+        if show and window is None:
+            log.warning("no display available: --show ignored, writing files only")
+        last: list[FaceResult] = []
+        t_start, n = time.perf_counter(), 0
+        t_prev = t_start
+        total = src.expected_frames if not src.live else None
+        if max_frames and total:
+            total = min(total, max_frames)
+        try:
+            for i, ts, frame in tqdm(src, total=total, desc=f"live {src.spec}", disable=not progress, unit="frame"):
+                t0 = time.perf_counter()
+                self.timer.add("decode", t0 - t_prev)
+                if i % every == 0 or src.live:
+                    last = self.process(frame, i)
+                    if writer:
+                        writer.write(i, ts, last, src.spec)
+                    summary.add(ts, last)
+                n += 1
+                if video is not None or output or window:
+                    t1 = time.perf_counter()
+                    draw_faces(frame, last, self.classes, bars=bars)
+                    draw_fps(frame, n / max(time.perf_counter() - t_start, 1e-6))
+                    self.timer.add("draw", time.perf_counter() - t1)
+                if output:
+                    t1 = time.perf_counter()
+                    if video is None:
+                        video = open_video_writer(
+                            output, src.fps if not src.live else 15.0, (frame.shape[1], frame.shape[0])
+                        )
+                    video.write(frame)
+                    self.timer.add("encode", time.perf_counter() - t1)
+                if window:
+                    cv2.imshow(window, frame)
+                    if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                        break
+                t_prev = time.perf_counter()
+                self.timer.add("loop", t_prev - t0)
+        finally:
+            if writer:
+                writer.close()
+            if video is not None:
+                video.release()
+            src.release()
+            if window:
+                cv2.destroyAllWindows()
+        elapsed = time.perf_counter() - t_start
+        result = summary.to_dict()
+        result.update(
+            source=src.spec,
+            frames_read=n,
+            seconds=round(elapsed, 3),
+            fps=round(n / max(elapsed, 1e-9), 2),
+            dropped_frames=src.dropped,
+            ended_early=src.ended_early,
+            stage_ms=self.timer.ms_per_frame(n),
+        )
+        if src.ended_early:
+            log.warning("%s: video ended early after %d of %s frames", src.spec, n, src.expected_frames)
+        if summary_dir:
+            import json
+
+            d = Path(summary_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "summary.json").write_text(json.dumps(result, indent=2))
+            summary.plot(d / "timeline.png")
+        return result
+
+
+def _has_display() -> bool:
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or os.name == "nt"

@@ -1,0 +1,106 @@
+"""Model registry: ``emolens.models.create("resnet18", num_classes=8, pretrained=True)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .fernet import FERNet
+from .paper_cnn import PaperCNN
+from .torchvision_nets import mobilenet_v3_small, resnet18
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a model and the input it expects by default."""
+
+    build: Callable[..., nn.Module]
+    image_size: int
+    channels: int
+    pretrainable: bool = False
+    description: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "paper_cnn": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: PaperCNN(num_classes, in_channels, image_size),
+        224,
+        3,
+        False,
+        "the paper's baseline: five 3x3 conv+ReLU+max-pool, one linear layer",
+    ),
+    "resnet18": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: resnet18(num_classes, in_channels, **kw),
+        224,
+        3,
+        True,
+        "torchvision ResNet18, ImageNet-pretrained, new head (the paper's fine-tuned model)",
+    ),
+    "resnet18_small": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: resnet18(num_classes, in_channels, small_input=True, **kw),
+        48,
+        1,
+        True,
+        "ResNet18 with a 3x3 stride-1 stem for 48-64 px faces",
+    ),
+    "mobilenet_v3_small": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: mobilenet_v3_small(num_classes, in_channels, **kw),
+        112,
+        3,
+        True,
+        "torchvision MobileNetV3-Small, new head",
+    ),
+    "fernet": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels),
+        48,
+        1,
+        False,
+        "VGG-style 8-conv net for 48 px grey faces (the bundled model)",
+    ),
+    "fernet_tiny": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels, widths=(16, 32, 64, 128)),
+        48,
+        1,
+        False,
+        "FERNet at half width",
+    ),
+}
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {available()}")
+    return REGISTRY[name]
+
+
+def create(
+    name: str,
+    num_classes: int = 8,
+    pretrained: bool = False,
+    weights: str | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+) -> nn.Module:
+    """Build model ``name`` with a ``num_classes`` head.
+
+    ``pretrained`` downloads ImageNet weights (torchvision cache); ``weights`` loads a local backbone file.
+    ``in_channels``/``image_size`` default to the model's own input (see :data:`REGISTRY`).
+    """
+    s = spec(name)
+    kw = {}
+    if pretrained or weights:
+        if not s.pretrainable:
+            raise ValueError(f"model {name!r} has no pretrained weights")
+        kw = {"pretrained": pretrained, "weights": weights}
+    return s.build(
+        num_classes=num_classes, in_channels=in_channels or s.channels, image_size=image_size or s.image_size, **kw
+    )
+
+
+__all__ = ["REGISTRY", "FERNet", "ModelSpec", "PaperCNN", "available", "create", "spec"]

@@ -1,0 +1,74 @@
+"""Training configuration: one dataclass, overridable from the CLI, saved as ``config.json`` in each run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults follow the paper: batch 64, 50 epochs, weighted CE)."""
+
+    dataset: str = "ferplus"
+    root: str = ""
+    model: str = "fernet"
+    out: str = "runs/exp"
+    pretrained: bool = False
+    weights: str | None = None  # local backbone weights file
+    image_size: int | None = None  # None: the model's default
+    channels: int | None = None  # None: the model's default
+    protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    schedule: str = "cosine"  # cosine | onecycle | none
+    warmup_epochs: int = 0
+    class_weights: bool = True  # the paper's class-weighted cross-entropy
+    balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
+    label_smoothing: float = 0.0
+    soft_labels: bool = False  # train on FER+ vote distributions
+    augment: str = "default"  # none | light | default
+    select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
+    amp: bool = True  # mixed precision (GPU only)
+    channels_last: bool = True
+    seed: int = 0
+    workers: int = 2
+    cache: bool = True  # decoded-face memmap cache
+    on_error: str = "skip"  # skip | raise for unreadable images
+    max_samples: int | None = None  # cap train/val size (quick experiments, tests)
+    tta: bool = False  # flip test-time augmentation in validation/evaluation
+    device: str = "auto"
+    progress: bool = True
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "schedule": ("cosine", "onecycle", "none"),
+            "augment": ("none", "light", "default"),
+            "select_metric": ("accuracy", "balanced_accuracy", "macro_f1", "loss"),
+            "on_error": ("skip", "raise"),
+        }
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k}={getattr(self, k)!r}: choose one of {allowed}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")

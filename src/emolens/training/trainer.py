@@ -1,0 +1,321 @@
+"""The training loop: weighted CE, balanced sampling, schedules, AMP, resume, DDP, per-epoch reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .. import models
+from ..data import FaceDataset, open_dataset
+from ..evaluation.inference import predict_loader
+from ..evaluation.metrics import classification_metrics
+from ..transforms import Preprocess, eval_transform, train_transform
+from .checkpoint import load_checkpoint, model_payload, save_atomic
+from .config import TrainConfig
+from .losses import class_weights, weighted_cross_entropy
+from .sampler import EpochSampler
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _subset(ds: FaceDataset, n: int | None, seed: int) -> FaceDataset | Subset:
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
+    sub = Subset(ds, idx.tolist())
+    sub.targets = ds.targets[idx]  # type: ignore[attr-defined]
+    return sub
+
+
+class Trainer:
+    """Trains ``cfg.model`` on ``cfg.dataset``; writes everything into ``cfg.out``.
+
+    Run directory: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (full
+    training state, written atomically after every epoch), ``best.pt`` (inference checkpoint of the
+    best epoch by ``cfg.select_metric``) and ``plots/``.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.rank, self.world, local_rank = _dist_info()
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.device = resolve_device(cfg.device)
+        if self.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out)
+        spec = models.spec(cfg.model)
+        self.pre = Preprocess.for_channels(cfg.image_size or spec.image_size, cfg.channels or spec.channels)
+        seed_everything(cfg.seed)
+
+        kw = dict(
+            image_size=self.pre.image_size,
+            channels=self.pre.channels,
+            on_error=cfg.on_error,
+            protocol=cfg.protocol,
+            seed=cfg.seed,
+        )
+        # Rank 0 builds the decoded-face cache first; the others then reuse it.
+        if self.distributed and not self.is_main:
+            dist.barrier()
+        cache = cfg.cache
+        self.train_full = open_dataset(
+            cfg.dataset, cfg.root, "train", transform=train_transform(self.pre, cfg.augment), cache=cache, **kw
+        )
+        self.val_full = open_dataset(
+            cfg.dataset, cfg.root, "val", transform=eval_transform(self.pre), cache=cache, **kw
+        )
+        if self.distributed and self.is_main:
+            dist.barrier()
+        self.classes = self.train_full.classes
+        self.train_ds = _subset(self.train_full, cfg.max_samples, cfg.seed)
+        self.val_ds = _subset(self.val_full, cfg.max_samples, cfg.seed + 1)
+        self.train_labels = np.asarray(self.train_ds.targets)  # type: ignore[union-attr]
+
+        self.model = models.create(
+            cfg.model,
+            num_classes=len(self.classes),
+            pretrained=cfg.pretrained,
+            weights=cfg.weights,
+            in_channels=self.pre.channels,
+            image_size=self.pre.image_size,
+        )
+        self.model.to(self.device)
+        self.channels_last = cfg.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.ddp_model: nn.Module = self.model
+        if self.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+        counts = np.bincount(self.train_labels, minlength=len(self.classes))
+        self.weight = class_weights(counts).to(self.device) if cfg.class_weights else None
+        self.sampler = EpochSampler(
+            self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
+        )
+        self.batch_size = cfg.batch_size // self.world if self.distributed else cfg.batch_size
+        loader_kw = dict(
+            num_workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0
+        )
+        self.train_loader = DataLoader(
+            self.train_ds,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            drop_last=len(self.train_ds) > self.batch_size * self.world,
+            **loader_kw,
+        )
+        self.val_loader = DataLoader(self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, **loader_kw)
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+        steps = len(self.train_loader) * cfg.epochs
+        if cfg.schedule == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+        elif cfg.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, _cosine_with_warmup(steps, len(self.train_loader) * cfg.warmup_epochs)
+            )
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.start_epoch = 0
+        self.best: float | None = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ state
+    def _train_state(self, epoch: int) -> dict:
+        return model_payload(
+            self.model,
+            self.cfg.model,
+            self.classes,
+            self.pre,
+            epoch=epoch,
+            config=vars(self.cfg),
+            optimizer=self.opt.state_dict(),
+            scheduler=self.sched.state_dict(),
+            best=self.best,
+            history=self.history,
+        )
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Load ``last.pt`` (or ``path``) and continue after its last finished epoch. False if none exists."""
+        path = Path(path) if path else self.out / "last.pt"
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path, expect_model=self.cfg.model, expect_classes=len(self.classes))
+        if "optimizer" not in ckpt:
+            raise ValueError(f"{path}: an inference-only checkpoint cannot resume training (use last.pt)")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.start_epoch, self.best, self.history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
+        if self.is_main:
+            log.info("resumed %s at epoch %d", path, self.start_epoch + 1)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        cfg = self.cfg
+        seed_everything(cfg.seed * 1000 + epoch + 7919 * self.rank)  # augmentation/dropout RNG: a function of epoch
+        self.sampler.set_epoch(epoch)
+        self.ddp_model.train()
+        loss_sum, correct, n = 0.0, 0, 0
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and self.is_main),
+            leave=False,
+        )
+        for x, y, soft in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.ddp_model(x)
+            loss = weighted_cross_entropy(
+                logits.float(), y, self.weight, soft.to(self.device) if cfg.soft_labels else None, cfg.label_smoothing
+            )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+        return loss_sum / max(n, 1), correct / max(n, 1)
+
+    def validate(self) -> dict:
+        probs, labels, loss = predict_loader(
+            self.model, self.val_loader, self.device, tta=self.cfg.tta, channels_last=self.channels_last
+        )
+        m = classification_metrics(labels, probs.argmax(1), self.classes)
+        m["loss"] = loss
+        return m
+
+    def fit(self) -> list[dict]:
+        """Train for the remaining epochs; returns the per-epoch history."""
+        cfg = self.cfg
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.json")
+            bad = {**self.train_full.bad_files, **self.val_full.bad_files}
+            if bad:
+                log.warning("%d unreadable image(s) skipped so far", len(bad))
+        for epoch in range(self.start_epoch, cfg.epochs):
+            t0 = time.time()
+            tr_loss, tr_acc = self.train_epoch(epoch)
+            if self.distributed:
+                t = torch.tensor([tr_loss, tr_acc], device=self.device)
+                dist.all_reduce(t)
+                tr_loss, tr_acc = (t / self.world).tolist()
+            vm = self.validate()
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": tr_loss,
+                "train_accuracy": tr_acc,
+                "val_loss": vm["loss"],
+                "val_accuracy": vm["accuracy"],
+                "val_balanced_accuracy": vm["balanced_accuracy"],
+                "val_macro_f1": vm["macro_f1"],
+                "lr": self.opt.param_groups[0]["lr"],
+                "seconds": time.time() - t0,
+            }
+            self.history.append(row)
+            score = -vm["loss"] if cfg.select_metric == "loss" else vm[cfg.select_metric]
+            improved = self.best is None or score > self.best
+            if improved:
+                self.best = score
+            if self.is_main:
+                if improved:
+                    save_atomic(
+                        model_payload(
+                            self.model,
+                            cfg.model,
+                            self.classes,
+                            self.pre,
+                            epoch=epoch + 1,
+                            val_metrics=vm,
+                            config=vars(cfg),
+                        ),
+                        self.out / "best.pt",
+                    )
+                save_atomic(self._train_state(epoch), self.out / "last.pt")
+                with open(self.out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                _plot_curves(self.history, self.out / "plots")
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr_loss:.4f} acc {tr_acc:.4f}  "
+                    f"val loss {vm['loss']:.4f} acc {vm['accuracy']:.4f} bal {vm['balanced_accuracy']:.4f} "
+                    f"F1 {vm['macro_f1']:.4f}  {row['seconds']:.0f}s{'  *best' if improved else ''}",
+                    flush=True,
+                )
+        if self.distributed:
+            dist.barrier()
+        return self.history
+
+
+def _cosine_with_warmup(total: int, warmup: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+
+    return f
+
+
+def _plot_curves(history: list[dict], out: Path) -> None:
+    from ..evaluation.plots import plot_learning_curves
+
+    plot_learning_curves(history, out / "learning_curves.png")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train from a config (resuming from ``cfg.out/last.pt`` when ``resume``); returns the run folder."""
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume()
+    trainer.fit()
+    if trainer.distributed:
+        dist.destroy_process_group()
+    return trainer.out

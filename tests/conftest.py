@@ -1,0 +1,66 @@
+"""Shared fixtures. Real data comes from ``$EMOLENS_SHARED`` (default ``../shared``); tests that need it skip
+with a clear message when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMOLENS_SHARED", REPO.parent / "shared"))
+YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+
+
+def shared_path(rel: str) -> Path:
+    p = SHARED / rel
+    if not p.exists():
+        pytest.skip(f"shared data not found: {p} (set EMOLENS_SHARED to the shared data folder)")
+    return p
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep decoded-face caches and downloads out of the user's home."""
+    os.environ["EMOLENS_CACHE"] = str(tmp_path_factory.mktemp("emolens_cache"))
+    yield
+
+
+@pytest.fixture
+def ferplus_root() -> Path:
+    return shared_path("data/ferplus")
+
+
+@pytest.fixture
+def fer2013_root() -> Path:
+    return shared_path("data/fer2013")
+
+
+@pytest.fixture
+def yunet_model() -> Path:
+    return shared_path("models/face_detection_yunet_2026may.onnx")
+
+
+def class_pattern(label: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """A grey image whose class is learnable: a bright bar whose position encodes ``label``, plus noise."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, (size, size), dtype=np.uint8)
+    band = size // 8
+    img[label * band : (label + 1) * band, :] = 220
+    return img
+
+
+def make_folder_dataset(root: Path, classes=("neutral", "happy", "sad"), per_class: int = 20, size: int = 32,
+                        split_dirs: bool = False) -> Path:
+    """class-per-folder tree of :func:`class_pattern` images (``train/val/test`` subfolders if ``split_dirs``)."""
+    splits = ("train", "val", "test") if split_dirs else ("",)
+    for s in splits:
+        for k, c in enumerate(classes):
+            d = root / s / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                cv2.imwrite(str(d / f"{i}.png"), class_pattern(k, size, seed=hash((s, c, i)) % 10_000))
+    return root

@@ -1,0 +1,213 @@
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from conftest import make_folder_dataset
+
+from emolens.data import DataError, FaceDataset, Sample, attach_cache, open_dataset, read_image, stratified_split
+from emolens.labels import CLASSES, CLASSES_7
+
+
+# ---------------------------------------------------------------- AffectNet, official layout
+def _affectnet_official(root, rows):
+    img_dir = root / "Manually_Annotated_Images" / "1"
+    img_dir.mkdir(parents=True)
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal"]
+    for name in ("training.csv", "validation.csv"):
+        with open(root / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for i, expr in enumerate(rows):
+                img = np.zeros((100, 120, 3), np.uint8)
+                img[20:60, 30:70] = (0, 0, 255)  # a red face box: after cropping the face is all red
+                cv2.imwrite(str(img_dir / f"{name[:3]}{i}.jpg"), img)
+                w.writerow([f"1/{name[:3]}{i}.jpg", 30, 20, 40, 40, "", expr, 0.5, -0.25])
+    return root
+
+
+def test_affectnet_official_crops_face_and_drops_8_to_10(tmp_path):
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 4
+    root = _affectnet_official(tmp_path, labels)
+    ds = open_dataset("affectnet", root, "val", protocol="official", image_size=16, channels=3)
+    assert len(ds) == 32 and ds.classes == CLASSES
+    face = ds.load_face(0)
+    assert face.shape == (16, 16, 3)
+    assert face[8, 8, 0] > 200 and face[8, 8, 2] < 40  # RGB order: red channel first
+    assert ds.samples[0].valence == 0.5 and ds.samples[0].arousal == -0.25
+    # paper protocol: 80/10/10 of the training pool, disjoint
+    parts = [open_dataset("affectnet", root, s, seed=3).samples for s in ("train", "val", "test")]
+    names = [{s.path for s in p} for p in parts]
+    assert [len(p) for p in parts] == [25, 3, 4] or sum(len(p) for p in parts) == 32
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+
+
+def test_affectnet_missing_column_names_file(tmp_path):
+    (tmp_path / "training.csv").write_text("subDirectory_filePath,expression\nx.jpg,1\n")
+    with pytest.raises(DataError, match=r"training\.csv: missing column\(s\)"):
+        open_dataset("affectnet", tmp_path, "train")
+
+
+# ---------------------------------------------------------------- AffectNet, the paper's layout
+def test_affectnet_paper_layout(tmp_path):
+    for split in ("train_set", "val_set"):
+        (tmp_path / split / "images").mkdir(parents=True)
+        (tmp_path / split / "annotations").mkdir()
+        for i in range(20):
+            cv2.imwrite(str(tmp_path / split / "images" / f"{i}.jpg"), np.full((40, 40, 3), 9 * i, np.uint8))
+            np.save(tmp_path / split / "annotations" / f"{i}_exp.npy", np.array(str(i % 9)))  # AffectNet stores str
+            np.save(tmp_path / split / "annotations" / f"{i}_val.npy", np.array(str(0.1 * i)))
+            np.save(tmp_path / split / "annotations" / f"{i}_aro.npy", np.array("-0.3"))
+    ds = open_dataset("affectnet", tmp_path, "test", protocol="official", image_size=20)
+    assert len(ds) == 20 - 2  # label 8 dropped for i = 8, 17
+    assert sorted({s.label for s in ds.samples}) == list(range(8))
+    s = next(s for s in ds.samples if s.path.endswith("/3.jpg"))
+    assert s.label == 3 and s.valence == pytest.approx(0.3) and s.arousal == pytest.approx(-0.3)
+    assert ds.load_face(0).shape == (20, 20)
+
+
+# ---------------------------------------------------------------- FER+
+def test_ferplus_majority_vote_on_fake_tree(tmp_path):
+    d = tmp_path / "data" / "FER2013Train"
+    d.mkdir(parents=True)
+    rows = [
+        ["a.png", "(0, 0, 48, 48)", 4, 0, 0, 1, 3, 2, 0, 0, 0, 0],  # neutral
+        ["b.png", "(0, 0, 48, 48)", 0, 0, 0, 0, 0, 0, 0, 6, 2, 2],  # contempt
+        ["c.png", "(0, 0, 48, 48)", 0, 0, 0, 0, 0, 0, 0, 0, 9, 1],  # unknown wins: dropped
+        ["d.png", "(0, 0, 48, 48)", 5, 5, 0, 0, 0, 0, 0, 0, 0, 0],  # tie: dropped
+        ["e.png", "(0, 0, 48, 48)", 0, 0, 2, 8, 0, 0, 0, 0, 0, 0],  # FER+ column 3 = sadness
+    ]
+    with open(d / "label.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    for r in rows:
+        cv2.imwrite(str(d / r[0]), np.zeros((48, 48), np.uint8))
+    ds = open_dataset("ferplus", tmp_path, "train")
+    assert [CLASSES[s.label] for s in ds.samples] == ["neutral", "contempt", "sadness"]
+    soft = ds.soft_target(2)
+    assert soft[CLASSES.index("sadness")] == pytest.approx(0.8) and soft[CLASSES.index("surprise")] == pytest.approx(0.2)
+    _, y, s = ds[0]
+    assert y == 0 and s.sum().item() == pytest.approx(1.0)
+
+
+def test_ferplus_real(ferplus_root):
+    ds = open_dataset("ferplus", ferplus_root, "test")
+    assert 3000 < len(ds) < 3589  # 3,589 test images minus unknown/NF/ties
+    first = next(s for s in ds.samples if s.path.endswith("fer0032220.png"))
+    row = next(r for r in csv.reader(open(ferplus_root / "data/FER2013Test/label.csv")) if r[0] == "fer0032220.png")
+    votes = [int(v) for v in row[2:10]]
+    from emolens.labels import FERPLUS_COLUMNS
+
+    assert CLASSES[first.label] == FERPLUS_COLUMNS[int(np.argmax(votes))]
+    img, label, _ = ds[0]
+    assert img.shape == (1, 48, 48) and img.dtype.is_floating_point is False
+
+
+# ---------------------------------------------------------------- FER2013
+def test_fer2013_folder_real_splits(fer2013_root):
+    sizes = {s: len(open_dataset("fer2013", fer2013_root, s).samples) for s in ("train", "val", "test")}
+    assert sizes == {"train": 28709, "val": 3589, "test": 3589}
+    ds = open_dataset("fer2013", fer2013_root, "test")
+    assert ds.classes == CLASSES_7
+    assert all("PrivateTest" in s.path for s in ds.samples)
+    happy = [s for s in ds.samples if "/happy/" in s.path]
+    assert happy and all(s.label == CLASSES_7.index("happiness") for s in happy)
+
+
+def test_fer2013_csv(tmp_path):
+    px = " ".join(["128"] * 48 * 48)
+    (tmp_path / "fer2013.csv").write_text(
+        f"emotion,pixels,Usage\n3,{px},Training\n0,{px},PrivateTest\n6,{px},PrivateTest\n")
+    ds = open_dataset("fer2013", tmp_path, "test")
+    assert [CLASSES_7[s.label] for s in ds.samples] == ["anger", "neutral"]
+    assert ds.load_face(0).shape == (48, 48) and ds.load_face(0)[0, 0] == 128
+    (tmp_path / "fer2013.csv").write_text(f"emotion,pixels,Usage\n9,{px},Training\n")
+    with pytest.raises(DataError, match=r"fer2013\.csv:2: emotion 9 out of range"):
+        open_dataset("fer2013", tmp_path, "train")
+    (tmp_path / "fer2013.csv").write_text("emotion,Usage\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['pixels'\]"):
+        open_dataset("fer2013", tmp_path, "train")
+
+
+# ---------------------------------------------------------------- class-per-folder
+def test_folder_split_is_stratified_seeded_and_disjoint(tmp_path):
+    root = make_folder_dataset(tmp_path, classes=("Neutral", "happy", "ANGRY"), per_class=20)
+    parts = {s: open_dataset("folder", root, s, seed=1) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [48, 6, 6]
+    assert list(np.bincount(parts["val"].targets, minlength=8)[[0, 1, 6]]) == [2, 2, 2]
+    again = open_dataset("folder", root, "val", seed=1)
+    assert [s.path for s in again.samples] == [s.path for s in parts["val"].samples]
+    assert {s.path for s in parts["train"].samples}.isdisjoint({s.path for s in parts["test"].samples})
+
+
+def test_folder_with_split_dirs_and_bad_class(tmp_path):
+    root = make_folder_dataset(tmp_path, per_class=3, split_dirs=True)
+    assert len(open_dataset("folder", root, "test")) == 9
+    (root / "train" / "bored").mkdir()
+    with pytest.raises(DataError, match="bored"):
+        open_dataset("folder", root, "train")
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        open_dataset("folder", tmp_path / "nope", "train")
+    (tmp_path / "happy").mkdir()
+    with pytest.raises(DataError, match="contain no images"):
+        open_dataset("folder", tmp_path, "train")
+
+
+def test_stratified_split_proportions():
+    y = [0] * 80 + [1] * 20
+    s = stratified_split(y, seed=0)
+    assert len(s["train"]) == 80 and len(s["val"]) == 10 and len(s["test"]) == 10
+    assert sum(y[i] for i in s["test"]) == 2
+    assert stratified_split(y, seed=0)["test"].tolist() == s["test"].tolist()
+    assert stratified_split(y, seed=1)["test"].tolist() != s["test"].tolist()
+
+
+# ---------------------------------------------------------------- bad images, cache
+def _ds_with_corrupt(tmp_path, on_error):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((10, 10), 50, np.uint8))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    samples = [Sample(0, str(good)), Sample(1, str(bad)), Sample(0, str(good))]
+    return FaceDataset(samples, CLASSES, image_size=8, on_error=on_error), bad
+
+
+def test_corrupt_image_raise_names_file(tmp_path):
+    ds, bad = _ds_with_corrupt(tmp_path, "raise")
+    with pytest.raises(DataError, match=f"{bad}: not a readable image"):
+        ds[1]
+
+
+def test_corrupt_image_skip_is_counted(tmp_path):
+    ds, bad = _ds_with_corrupt(tmp_path, "skip")
+    img, label, _ = ds[1]
+    assert label == 0 and img.shape == (1, 8, 8)  # next readable sample served instead
+    assert list(ds.bad_files) == [str(bad)]
+
+
+def test_label_out_of_range_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="label 9 out of range"):
+        FaceDataset([Sample(9, str(tmp_path / "x.png"))], CLASSES)
+
+
+def test_read_image_handles_grey_rgba_16bit(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((5, 5, 4), (10, 20, 30, 255), np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((5, 5), 65535, np.uint16))
+    assert read_image(tmp_path / "a.png", 3)[0, 0].tolist() == [30, 20, 10]  # BGRA file -> RGB
+    assert read_image(tmp_path / "b.png", 1)[0, 0] == 255
+    with pytest.raises(DataError, match="empty"):
+        (tmp_path / "c.png").write_bytes(b"")
+        read_image(tmp_path / "c.png")
+
+
+def test_cache_gives_identical_faces(tmp_path):
+    root = make_folder_dataset(tmp_path / "d", per_class=5)
+    plain = open_dataset("folder", root, "train", image_size=24)
+    cached = open_dataset("folder", root, "train", image_size=24)
+    path = attach_cache(cached, tmp_path / "cache", progress=False)
+    assert path.is_file()
+    for i in range(len(plain)):
+        assert np.array_equal(plain.load_face(i), cached.load_face(i))
