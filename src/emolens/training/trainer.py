@@ -224,6 +224,13 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
         return loss_sum / max(n, 1), correct / max(n, 1)
 
+    def _sync_buffers(self) -> None:
+        """Average BatchNorm running statistics over ranks, so every rank holds the same model."""
+        for b in self.model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= self.world
+
     def validate(self) -> dict:
         probs, labels, loss = predict_loader(
             self.model, self.val_loader, self.device, tta=self.cfg.tta, channels_last=self.channels_last
@@ -232,8 +239,8 @@ class Trainer:
         m["loss"] = loss
         return m
 
-    def fit(self) -> list[dict]:
-        """Train for the remaining epochs; returns the per-epoch history."""
+    def fit(self, stop_after: int | None = None) -> list[dict]:
+        """Train for the remaining epochs (or up to epoch ``stop_after``); returns the per-epoch history."""
         cfg = self.cfg
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -241,10 +248,11 @@ class Trainer:
             bad = {**self.train_full.bad_files, **self.val_full.bad_files}
             if bad:
                 log.warning("%d unreadable image(s) skipped so far", len(bad))
-        for epoch in range(self.start_epoch, cfg.epochs):
+        for epoch in range(self.start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
             t0 = time.time()
             tr_loss, tr_acc = self.train_epoch(epoch)
             if self.distributed:
+                self._sync_buffers()
                 t = torch.tensor([tr_loss, tr_acc], device=self.device)
                 dist.all_reduce(t)
                 tr_loss, tr_acc = (t / self.world).tolist()

@@ -1,0 +1,58 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.evaluation.metrics import classification_metrics
+from emolens.training.losses import class_weights, weighted_cross_entropy
+from emolens.training.sampler import EpochSampler
+
+
+def test_class_weights_inverse_frequency():
+    w = class_weights([10, 30, 60, 0])
+    # w_c = N / (C * n_c) with N = 100, C = 4; an empty class gets 0
+    assert w.tolist() == pytest.approx([100 / 40, 100 / 120, 100 / 240, 0.0])
+    assert class_weights([5, 5, 5]).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_weighted_cross_entropy_hand_computed():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    w = torch.tensor([1.0, 2.0, 3.0])
+    ce0 = -math.log(math.exp(2) / (math.exp(2) + 2))
+    ce1 = -math.log(math.e / (math.e + 2))
+    expected = (1 * ce0 + 2 * ce1) / (1 + 2)
+    assert weighted_cross_entropy(logits, labels, w).item() == pytest.approx(expected, rel=1e-6)
+    # soft targets: mean_i sum_c w_c q_ic (-log p_ic)
+    soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    logp = torch.log_softmax(logits, 1)
+    exp_soft = -((soft * w * logp).sum(1)).mean().item()
+    assert weighted_cross_entropy(logits, labels, w, soft=soft).item() == pytest.approx(exp_soft, rel=1e-6)
+
+
+def test_metrics_hand_computed():
+    y_true = [0, 0, 1, 1, 2]
+    y_pred = [0, 1, 1, 1, 0]
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["confusion_ratio"] == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert m["per_class"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_class"]["b"]["f1"] == pytest.approx(0.8)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_sampler_is_a_function_of_epoch_and_balances_classes():
+    labels = np.array([0] * 90 + [1] * 10)
+    s = EpochSampler(labels, balanced=True, seed=3)
+    s.set_epoch(2)
+    a = list(s)
+    s.set_epoch(5)
+    s.set_epoch(2)
+    assert list(s) == a
+    share = np.mean(labels[a])
+    assert 0.35 < share < 0.65  # ~half the draws are the 10% class
+    shards = [list(EpochSampler(labels, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 50 and not set(shards[0]) & set(shards[1])

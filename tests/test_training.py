@@ -1,0 +1,114 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO, make_folder_dataset
+
+from emolens.evaluation.evaluate import evaluate
+from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
+from emolens.training.checkpoint import unwrap
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return make_folder_dataset(tmp_path_factory.mktemp("tiny"), classes=("neutral", "happy", "sad", "angry"),
+                               per_class=30, size=32, split_dirs=True)
+
+
+def _cfg(root, out, **kw):
+    base = dict(dataset="folder", root=str(root), model="fernet_tiny", out=str(out), image_size=32, epochs=3,
+                batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_learns_and_writes_run_folder(tiny_root, tmp_path):
+    out = train(_cfg(tiny_root, tmp_path / "run", epochs=4))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_accuracy"] >= 0.9  # the bar position is trivially learnable
+    assert (out / "plots" / "learning_curves.png").stat().st_size > 1000
+    assert TrainConfig.load(out / "config.json").epochs == 4
+    ck = load_checkpoint(out / "best.pt", expect_model="fernet_tiny", expect_classes=8)
+    assert ck["preprocess"]["image_size"] == 32
+    m = evaluate(out / "best.pt", "folder", tiny_root, "test", out=tmp_path / "eval", progress=False)
+    assert m["accuracy"] >= 0.9
+    assert sum(map(sum, m["confusion"])) == m["n"] == 120
+    for f in ("metrics.json", "per_class.csv", "confusion.csv", "confusion_ratio.csv", "confusion.png",
+              "confusion_ratio.png", "per_class.png", "class_distribution.png", "learning_curves.png",
+              "report.md", "report.html"):
+        assert (tmp_path / "eval" / f).is_file(), f
+
+
+def test_resume_gives_identical_weights(tiny_root, tmp_path):
+    straight = Trainer(_cfg(tiny_root, tmp_path / "a", epochs=3, balanced_sampler=True))
+    straight.fit()
+    first = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, balanced_sampler=True))
+    first.fit(stop_after=2)  # "killed" after epoch 2: last.pt holds epoch 2
+    resumed = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, balanced_sampler=True))
+    assert resumed.resume() and resumed.start_epoch == 2
+    resumed.fit()
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_checkpoint_mismatch_errors(tiny_root, tmp_path):
+    out = train(_cfg(tiny_root, tmp_path / "run", epochs=1))
+    with pytest.raises(CheckpointError, match="best.pt: checkpoint is for model 'fernet_tiny', not 'resnet18'"):
+        load_checkpoint(out / "best.pt", expect_model="resnet18")
+    with pytest.raises(CheckpointError, match="has 8 classes, expected 7"):
+        load_checkpoint(out / "best.pt", expect_classes=7)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(junk)
+    other = Trainer(_cfg(tiny_root, tmp_path / "run", model="paper_cnn", epochs=2))
+    with pytest.raises(CheckpointError, match="not 'paper_cnn'"):
+        other.resume()
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        TrainConfig(optimizer="adam").validate()
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    from emolens.training import TrainConfig, Trainer
+    from emolens.training.checkpoint import unwrap
+    root, out = sys.argv[1], sys.argv[2]
+    t = Trainer(TrainConfig(dataset="folder", root=root, model="fernet_tiny", out=out, image_size=32, epochs=2,
+                            batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light"))
+    hist = t.fit()
+    torch.save({"state": unwrap(t.model).state_dict(), "hist": hist}, f"{out}/rank{dist.get_rank()}.pt")
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(script), str(tiny_root), str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{k}.pt", weights_only=False) for k in (0, 1))
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    assert a["hist"][-1]["train_loss"] < a["hist"][0]["train_loss"]
+    assert (tmp_path / "best.pt").is_file() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert unwrap  # imported for the script's API
