@@ -151,6 +151,30 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app
+    except ImportError as e:
+        raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
+    settings = ServeSettings(
+        checkpoint=a.checkpoint,
+        detector=a.detector,
+        detector_model=a.detector_model,
+        max_image_mb=a.max_image_mb,
+        max_video_mb=a.max_video_mb,
+        request_timeout_s=a.timeout,
+        max_queued_jobs=a.max_jobs,
+    )
+    if a.data_dir:
+        settings.data_dir = a.data_dir
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {a.host}: anyone who can reach this address can use the API", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=a.host, port=a.port, workers=1, log_level="info")
+    return 0
+
+
 def cmd_models(a: argparse.Namespace) -> int:
     from . import models
 
@@ -232,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", "-o", default="emolens.onnx")
     ex.add_argument("--opset", type=int, default=17)
     ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="HTTP API + web page (browser webcam, uploads)")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
+    sv.add_argument("--checkpoint")
+    sv.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"])
+    sv.add_argument("--detector-model")
+    sv.add_argument("--max-image-mb", type=float, default=10.0)
+    sv.add_argument("--max-video-mb", type=float, default=200.0)
+    sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
+    sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
+    sv.set_defaults(func=cmd_serve)
 
     mo = sub.add_parser("models", help="list the model registry")
     mo.set_defaults(func=cmd_models)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
@@ -30,7 +29,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        # mean recall over the classes present in y_true (= sklearn's balanced_accuracy_score)
+        "balanced_accuracy": float(np.mean(r[present])) if present else 0.0,
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "classes": list(classes),
         "per_class": {

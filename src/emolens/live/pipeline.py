@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,9 +118,11 @@ class Pipeline:
         bars: bool = False,
         summary_dir: str | Path | None = None,
         progress: bool = True,
+        on_frame: Callable[[int, int | None], None] | None = None,
     ) -> dict:
         """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
 
+        ``on_frame(frames_done, frames_expected)`` is called after each frame (progress reporting).
         Rows are flushed every frame and the video writer is released on any error, so work done
         before a failure is kept. Returns the summary dict (also written as ``summary.json``).
         """
@@ -165,6 +168,8 @@ class Pipeline:
                         break
                 t_prev = time.perf_counter()
                 self.timer.add("loop", t_prev - t0)
+                if on_frame is not None:
+                    on_frame(n, total)
         finally:
             if writer:
                 writer.close()

@@ -1,0 +1,114 @@
+"""Training and inference images/second for every registered model at its own input size, plus the data
+pipeline on real FER+ files with and without the decoded-face cache.
+
+    python benchmarks/train_speed.py [--models fernet,resnet18] [--steps 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, print_table, save  # noqa: E402
+
+from emolens import models  # noqa: E402
+
+
+def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict:
+    s = models.spec(name)
+    m = models.create(name, num_classes=8).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, s.channels, s.image_size, s.image_size, device=device).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 8, (batch,), device=device)
+    opt = torch.optim.AdamW(m.parameters(), 1e-3)
+    amp = device.type == "cuda"
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    m.train()
+    train_step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    sync()
+    train_ips = batch * steps / (time.perf_counter() - t)
+    m.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        m(x)
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            m(x)
+        sync()
+    infer_ips = batch * steps / (time.perf_counter() - t)
+    params = sum(p.numel() for p in m.parameters())
+    return {"model": name, "input": f"{s.image_size}px x{s.channels}", "params_M": params / 1e6,
+            "train_img_s": train_ips, "infer_img_s": infer_ips, "batch": batch}
+
+
+def data_speed(n: int, workers: int) -> list[dict]:
+    from emolens.data import open_dataset
+    from emolens.transforms import Preprocess, train_transform
+
+    root = SHARED / "data" / "ferplus"
+    if not root.exists():
+        print(f"SKIP data pipeline: {root} not found (set EMOLENS_SHARED)")
+        return []
+    pre = Preprocess.for_channels(48, 1)
+    rows = []
+    for cache in (False, True):
+        ds = open_dataset("ferplus", root, "train", transform=train_transform(pre))
+        ds.samples = ds.samples[:n]
+        build = 0.0
+        if cache:
+            from emolens.data import attach_cache
+
+            t = time.perf_counter()
+            attach_cache(ds, tempfile.mkdtemp(), progress=False)
+            build = time.perf_counter() - t
+        loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers)
+        t = time.perf_counter()
+        count = sum(len(b[1]) for b in loader)
+        rows.append({"pipeline": f"FER+ train, {'cached memmap' if cache else 'PNG decode'}", "images": count,
+                     "workers": workers, "img_s": count / (time.perf_counter() - t), "cache_build_s": build})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--models", default=",".join(models.available()))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--data-images", type=int, default=5000)
+    ap.add_argument("--workers", type=int, default=0)
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    rows = [model_speed(n, dev, a.steps, a.batch) for n in a.models.split(",")]
+    print_table(rows, ["model", "input", "params_M", "batch", "train_img_s", "infer_img_s"])
+    drows = data_speed(a.data_images, a.workers)
+    if drows:
+        print()
+        print_table(drows, ["pipeline", "images", "workers", "img_s", "cache_build_s"])
+    save(f"train_speed_{dev.type}", {"device": str(dev), "models": rows, "data_pipeline": drows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""FastAPI app: image and video prediction, a WebSocket for live browser webcams, and the web page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from .. import __version__
+from ..live.classifier import EmotionClassifier
+from ..live.detectors import create_detector
+from ..live.pipeline import FaceResult, Pipeline
+from ..live.smoothing import Smoother
+from ..live.tracker import IoUTracker
+from .jobs import Job, JobQueue, QueueFull
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/webp", "image/tiff"}
+VIDEO_TYPES = {"video/mp4", "video/x-msvideo", "video/avi", "video/quicktime", "video/webm", "video/x-matroska"}
+VIDEO_EXT = {
+    "video/mp4": ".mp4",
+    "video/x-msvideo": ".avi",
+    "video/avi": ".avi",
+    "video/quicktime": ".mov",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+}
+
+
+@dataclass
+class ServeSettings:
+    """Limits and locations. Nothing is written outside ``data_dir``."""
+
+    data_dir: Path = Path(tempfile.gettempdir()) / "emolens-serve"
+    checkpoint: str | None = None
+    detector: str = "auto"
+    detector_model: str | None = None
+    max_image_mb: float = 10.0
+    max_video_mb: float = 200.0
+    max_image_side: int = 8000
+    request_timeout_s: float = 20.0
+    job_timeout_s: float = 600.0
+    max_queued_jobs: int = 4
+
+
+class Box(BaseModel):
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class FaceOut(BaseModel):
+    box: Box
+    track_id: int | None = None
+    det_score: float
+    label: str
+    confidence: float
+    probs: dict[str, float]
+
+
+class PredictOut(BaseModel):
+    width: int
+    height: int
+    faces: list[FaceOut]
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    progress: float
+    frames_done: int
+    frames_total: int | None = None
+    error: str | None = None
+    summary: dict | None = None
+    created: float
+
+
+class ModelInfo(BaseModel):
+    version: str
+    model: str
+    checkpoint: str
+    classes: list[str]
+    preprocess: dict
+    detector: str
+    limits: dict
+
+
+def _faces_out(results: list[FaceResult], classes: list[str], with_track: bool) -> list[dict]:
+    return [
+        {
+            "box": dict(zip("xywh", (round(float(v), 1) for v in r.box), strict=True)),
+            "track_id": r.track_id if with_track else None,
+            "det_score": round(r.det_score, 4),
+            "label": r.label,
+            "confidence": round(r.confidence, 5),
+            "probs": {c: round(float(p), 5) for c, p in zip(classes, r.probs, strict=True)},
+        }
+        for r in results
+    ]
+
+
+def _decode_image(data: bytes, max_side: int) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise HTTPException(400, "the uploaded file is not a readable image")
+    if max(img.shape[:2]) > max_side:
+        raise HTTPException(413, f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_side} px per side")
+    return img
+
+
+async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes:
+    """Read an upload in chunks, stopping with 413 as soon as it passes ``limit_mb``."""
+    limit, size, chunks = int(limit_mb * 2**20), 0, []
+    while chunk := await upload.read(1 << 20):
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"upload larger than the {limit_mb:g} MB limit")
+        if dest is not None:
+            dest.write(chunk)
+        else:
+            chunks.append(chunk)
+    if size == 0:
+        raise HTTPException(400, "empty upload")
+    return b"".join(chunks)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """Build the app; the model and detector load once and are shared (under a lock) by all requests."""
+    s = settings or ServeSettings()
+    s.data_dir = Path(s.data_dir).resolve()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    classifier = EmotionClassifier(s.checkpoint)
+    detector = create_detector(s.detector, model=s.detector_model)
+    lock = threading.Lock()
+    classes = classifier.classes
+
+    def fresh_pipeline(smooth: str = "none") -> Pipeline:
+        return Pipeline(classifier, detector, Smoother(smooth), IoUTracker())
+
+    def process_video(job: Job, folder: Path) -> dict:
+        video = next(folder.glob("input.*"))
+        deadline = time.monotonic() + s.job_timeout_s
+
+        def on_frame(done: int, total: int | None) -> None:
+            job.frames_done, job.frames_total = done, total
+            job.progress = min(0.99, done / total) if total else 0.0
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"video processing passed the {s.job_timeout_s:g} s limit")
+
+        pipe = fresh_pipeline("ema")
+        with lock:
+            return pipe.run(
+                str(video),
+                output=folder / "annotated.mp4",
+                rows=folder / "results.csv",
+                progress=False,
+                on_frame=on_frame,
+            )
+
+    jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs, timeout_s=s.job_timeout_s)
+    app = FastAPI(
+        title="emolens",
+        version=__version__,
+        description="Emotions from facial expressions: images, videos and live webcams.",
+    )
+    app.state.settings, app.state.jobs = s, jobs
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    def model_info() -> dict:
+        return {
+            "version": __version__,
+            "model": classifier.model_name,
+            "checkpoint": classifier.checkpoint.name,
+            "classes": classes,
+            "preprocess": classifier.preprocess.to_dict(),
+            "detector": detector.name,
+            "limits": {
+                "max_image_mb": s.max_image_mb,
+                "max_video_mb": s.max_video_mb,
+                "image_types": sorted(IMAGE_TYPES),
+                "video_types": sorted(VIDEO_TYPES),
+            },
+        }
+
+    @app.post("/v1/predict", response_model=PredictOut, responses={400: {}, 413: {}, 415: {}, 504: {}})
+    async def predict(file: UploadFile = File(...)) -> dict:
+        """Every face in an uploaded image: box, label, confidence and all class probabilities."""
+        if file.content_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"unsupported type {file.content_type!r}; send one of {sorted(IMAGE_TYPES)}")
+        data = await _read_limited(file, s.max_image_mb)
+        img = _decode_image(data, s.max_image_side)
+
+        def work():
+            with lock:
+                return fresh_pipeline().process(img)
+
+        try:
+            results = await asyncio.wait_for(asyncio.to_thread(work), s.request_timeout_s)
+        except TimeoutError:
+            raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
+        return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, classes, False)}
+
+    @app.post("/v1/video", status_code=202, response_model=JobOut, responses={400: {}, 413: {}, 415: {}, 429: {}})
+    async def submit_video(file: UploadFile = File(...)) -> dict:
+        """Queue a video; poll ``GET /v1/video/{id}`` for progress, then download the results."""
+        if file.content_type not in VIDEO_TYPES:
+            raise HTTPException(415, f"unsupported type {file.content_type!r}; send one of {sorted(VIDEO_TYPES)}")
+        job, folder = jobs.new_job_dir()
+        target = folder / ("input" + VIDEO_EXT[file.content_type])
+        try:
+            with open(target, "wb") as f:
+                await _read_limited(file, s.max_video_mb, dest=f)
+            cap = cv2.VideoCapture(str(target))
+            ok = cap.isOpened() and cap.read()[0]
+            cap.release()
+            if not ok:
+                raise HTTPException(400, "the uploaded file is not a readable video")
+            jobs.submit(job)
+        except QueueFull as e:
+            _remove(folder)
+            raise HTTPException(429, str(e)) from None
+        except HTTPException:
+            _remove(folder)
+            raise
+        return job.public()
+
+    def _job(job_id: str) -> Job:
+        try:
+            return jobs.get(job_id)
+        except KeyError:
+            raise HTTPException(404, "no such job") from None
+
+    @app.get("/v1/video/{job_id}", response_model=JobOut, responses={404: {}})
+    def job_status(job_id: str) -> dict:
+        return _job(job_id).public()
+
+    @app.get("/v1/video/{job_id}/{name}", responses={404: {}, 409: {}})
+    def job_file(job_id: str, name: str):
+        """``results.csv``, ``results.json`` (summary) or ``annotated.mp4`` of a finished job."""
+        job = _job(job_id)
+        if name not in ("results.csv", "results.json", "annotated.mp4"):
+            raise HTTPException(404, "no such result; use results.csv, results.json or annotated.mp4")
+        if job.status != "done":
+            raise HTTPException(409, f"job is {job.status}")
+        if name == "results.json":
+            return JSONResponse(job.summary)
+        path = jobs.folder(job_id) / name
+        return FileResponse(path, media_type="text/csv" if name.endswith(".csv") else "video/mp4", filename=name)
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        """Send JPEG/PNG frames as binary messages; each gets a JSON reply with tracked, smoothed faces."""
+        await ws.accept()
+        pipe = fresh_pipeline("ema")
+        frame_no = 0
+        try:
+            while True:
+                data = await ws.receive_bytes()
+                if len(data) > s.max_image_mb * 2**20:
+                    await ws.send_text(json.dumps({"error": "frame too large"}))
+                    continue
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                if img is None:
+                    await ws.send_text(json.dumps({"error": "frame is not a readable image"}))
+                    continue
+
+                def work(img=img, i=frame_no):
+                    with lock:
+                        return pipe.process(img, i)
+
+                results = await asyncio.to_thread(work)
+                await ws.send_text(
+                    json.dumps(
+                        {
+                            "frame": frame_no,
+                            "width": img.shape[1],
+                            "height": img.shape[0],
+                            "faces": _faces_out(results, classes, True),
+                        }
+                    )
+                )
+                frame_no += 1
+        except WebSocketDisconnect:
+            return
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return (resources.files("emolens") / "serve" / "static" / "index.html").read_text()
+
+    return app
+
+
+def _remove(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.unlink()
+    folder.rmdir()

@@ -1,0 +1,107 @@
+"""HTTP API tests against the real app (FastAPI TestClient)."""
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="serve extras not installed (pip install -e .[dev])")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from emolens.live.synthetic import sample_face, sample_video  # noqa: E402
+from emolens.serve import ServeSettings, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    data = tmp_path_factory.mktemp("serve")
+    return create_app(ServeSettings(data_dir=data, detector="haar", max_image_mb=1.0, max_video_mb=3.0,
+                                    max_queued_jobs=1))
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def _jpeg(img) -> bytes:
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def test_health_and_model(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    m = client.get("/v1/model").json()
+    assert m["classes"][1] == "happiness" and m["detector"] == "haar" and m["limits"]["max_image_mb"] == 1.0
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+    assert "getUserMedia" in client.get("/").text
+
+
+def test_predict_sample_face(client):
+    r = client.post("/v1/predict", files={"file": ("a.jpg", _jpeg(sample_face()), "image/jpeg")})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["faces"]) == 1 and body["faces"][0]["label"] == "happiness"
+    assert abs(sum(body["faces"][0]["probs"].values()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "files,status,detail",
+    [
+        ({"file": ("a.txt", b"hello", "text/plain")}, 415, "unsupported type"),
+        ({"file": ("a.jpg", b"not really a jpeg", "image/jpeg")}, 400, "not a readable image"),
+        ({"file": ("a.jpg", b"", "image/jpeg")}, 400, "empty upload"),
+        ({"file": ("a.jpg", b"\xff" * (2 * 2**20), "image/jpeg")}, 413, "1 MB limit"),
+    ],
+)
+def test_predict_bad_uploads(client, files, status, detail):
+    r = client.post("/v1/predict", files=files)
+    assert r.status_code == status and detail in r.json()["detail"]
+
+
+def test_predict_without_file_is_422(client):
+    assert client.post("/v1/predict").status_code == 422
+
+
+def test_video_job_lifecycle(client, tmp_path):
+    clip = sample_video(tmp_path / "c.mp4", n_frames=20)
+    r = client.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")})
+    assert r.status_code == 202
+    job = r.json()["id"]
+    for _ in range(300):
+        st = client.get(f"/v1/video/{job}").json()
+        if st["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert st["status"] == "done", st
+    assert st["frames_done"] == 20 and st["progress"] == 1.0
+    rows = client.get(f"/v1/video/{job}/results.csv").text.splitlines()
+    assert rows[0].startswith("frame,") and len(rows) > 20
+    assert client.get(f"/v1/video/{job}/annotated.mp4").content[4:8] == b"ftyp"
+    assert {v["dominant"] for v in client.get(f"/v1/video/{job}/results.json").json()["tracks"].values()} == {
+        "happiness"}
+
+
+def test_video_bad_input_and_paths(client, app):
+    r = client.post("/v1/video", files={"file": ("x.mp4", b"junk" * 100, "video/mp4")})
+    assert r.status_code == 400 and "not a readable video" in r.json()["detail"]
+    assert client.get("/v1/video/0123456789abcdef0123456789abcdef").status_code == 404
+    assert client.get("/v1/video/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert client.get("/v1/video/../../etc/passwd").status_code == 404
+    # nothing is left behind for rejected uploads; everything stays inside data_dir
+    data_dir = app.state.settings.data_dir
+    for p in data_dir.rglob("*"):
+        assert p.resolve().is_relative_to(data_dir)
+
+
+def test_websocket_stream_tracks_faces(client):
+    frame = cv2.copyMakeBorder(sample_face(), 60, 60, 100, 100, cv2.BORDER_CONSTANT, value=(90, 110, 100))
+    with client.websocket_connect("/v1/stream") as ws:
+        for i in range(3):
+            ws.send_bytes(_jpeg(np.roll(frame, 4 * i, axis=1)))
+            msg = json.loads(ws.receive_text())
+            assert msg["frame"] == i and len(msg["faces"]) == 1 and msg["faces"][0]["track_id"] == 1
+        ws.send_bytes(b"garbage")
+        assert "error" in json.loads(ws.receive_text())
