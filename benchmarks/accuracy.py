@@ -25,14 +25,50 @@ from emolens.evaluation.evaluate import evaluate  # noqa: E402
 from emolens.training import TrainConfig, train  # noqa: E402
 
 RECIPES = {
-    "ferplus": dict(dataset="ferplus", model="fernet", epochs=24, lr=0.002, schedule="onecycle", soft_labels=True,
-                    class_weights=False, select_metric="accuracy", workers=1),
-    "fer2013": dict(dataset="fer2013", model="fernet", epochs=24, lr=0.002, schedule="onecycle", class_weights=False,
-                    label_smoothing=0.1, select_metric="accuracy", workers=1),
-    "paper_cnn": dict(dataset="ferplus", model="paper_cnn", epochs=3, lr=0.001, schedule="cosine", class_weights=True,
-                      select_metric="macro_f1", workers=1, channels=3),
-    "resnet18": dict(dataset="ferplus", model="resnet18", epochs=3, lr=0.001, schedule="cosine", class_weights=True,
-                     select_metric="macro_f1", workers=1, channels=3),
+    "ferplus": dict(
+        dataset="ferplus",
+        model="fernet",
+        epochs=24,
+        lr=0.002,
+        schedule="onecycle",
+        soft_labels=True,
+        class_weights=False,
+        select_metric="accuracy",
+        workers=1,
+    ),
+    "fer2013": dict(
+        dataset="fer2013",
+        model="fernet",
+        epochs=24,
+        lr=0.002,
+        schedule="onecycle",
+        class_weights=False,
+        label_smoothing=0.1,
+        select_metric="accuracy",
+        workers=1,
+    ),
+    "paper_cnn": dict(
+        dataset="ferplus",
+        model="paper_cnn",
+        epochs=3,
+        lr=0.001,
+        schedule="cosine",
+        class_weights=True,
+        select_metric="macro_f1",
+        workers=1,
+        channels=3,
+    ),
+    "resnet18": dict(
+        dataset="ferplus",
+        model="resnet18",
+        epochs=3,
+        lr=0.001,
+        schedule="cosine",
+        class_weights=True,
+        select_metric="macro_f1",
+        workers=1,
+        channels=3,
+    ),
 }
 ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013"}
 
@@ -52,8 +88,15 @@ def run(recipe: str, out: Path, reuse: bool, **override) -> dict:
         train_s = sum(json.loads(x)["seconds"] for x in log.read_text().splitlines() if x.strip())
     res = {"recipe": recipe, "config": vars(cfg), "train_seconds": round(train_s, 1), "run": str(out)}
     for tta in (False, True):
-        m = evaluate(out / "best.pt", cfg.dataset, cfg.root, "test", out=out / ("eval_tta" if tta else "eval"),
-                     tta=tta, progress=False)
+        m = evaluate(
+            out / "best.pt",
+            cfg.dataset,
+            cfg.root,
+            "test",
+            out=out / ("eval_tta" if tta else "eval"),
+            tta=tta,
+            progress=False,
+        )
         res["test_tta" if tta else "test"] = {k: m[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
         res["per_class_f1" + ("_tta" if tta else "")] = {c: round(v["f1"], 4) for c, v in m["per_class"].items()}
     return res
@@ -72,13 +115,25 @@ def main() -> None:
     over = dict(epochs=a.epochs, image_size=a.image_size, max_samples=a.max_samples)
     runs = Path(a.runs)
     if a.exp == "paper":
-        rows = [run("paper_cnn", runs / "paper_cnn", a.reuse, **over),
-                run("resnet18", runs / "paper_resnet18", a.reuse, pretrained=a.pretrained or None, **over)]
+        rows = [
+            run("paper_cnn", runs / "paper_cnn", a.reuse, **over),
+            run("resnet18", runs / "paper_resnet18", a.reuse, pretrained=a.pretrained or None, **over),
+        ]
     else:
         rows = [run(a.exp, runs / f"{a.exp}_fernet", a.reuse, **over)]
-    table = [{"recipe": r["recipe"], "dataset": r["config"]["dataset"], "epochs": r["config"]["epochs"],
-              "train_min": r["train_seconds"] / 60, "acc": r["test"]["accuracy"], "acc_tta": r["test_tta"]["accuracy"],
-              "bal_acc": r["test"]["balanced_accuracy"], "macro_f1": r["test"]["macro_f1"]} for r in rows]
+    table = [
+        {
+            "recipe": r["recipe"],
+            "dataset": r["config"]["dataset"],
+            "epochs": r["config"]["epochs"],
+            "train_min": r["train_seconds"] / 60,
+            "acc": r["test"]["accuracy"],
+            "acc_tta": r["test_tta"]["accuracy"],
+            "bal_acc": r["test"]["balanced_accuracy"],
+            "macro_f1": r["test"]["macro_f1"],
+        }
+        for r in rows
+    ]
     print_table(table, ["recipe", "dataset", "epochs", "train_min", "acc", "acc_tta", "bal_acc", "macro_f1"])
     save(f"accuracy_{a.exp}", {"command": " ".join(sys.argv), "results": rows})
 

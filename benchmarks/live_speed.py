@@ -82,12 +82,22 @@ def run_one(detector: str, n_faces: int, frames: int, checkpoint: str | None, yu
                     break
         false_pos += len(cand) - len(used)
     st = s["stage_ms"]
-    return {"detector": detector, "faces": n_faces, "frames": s["frames_read"], "fps": s["fps"],
-            "ms_decode": st.get("decode", 0), "ms_detect": st.get("detect", 0), "ms_classify": st.get("classify", 0),
-            "ms_track": st.get("track", 0), "ms_draw": st.get("draw", 0), "ms_encode": st.get("encode", 0),
-            "recall": hit / max(total, 1), "false_pos_per_frame": false_pos / max(len(truth), 1),
-            "accuracy_in_loop": correct / max(hit, 1),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "detector": detector,
+        "faces": n_faces,
+        "frames": s["frames_read"],
+        "fps": s["fps"],
+        "ms_decode": st.get("decode", 0),
+        "ms_detect": st.get("detect", 0),
+        "ms_classify": st.get("classify", 0),
+        "ms_track": st.get("track", 0),
+        "ms_draw": st.get("draw", 0),
+        "ms_encode": st.get("encode", 0),
+        "recall": hit / max(total, 1),
+        "false_pos_per_frame": false_pos / max(len(truth), 1),
+        "accuracy_in_loop": correct / max(hit, 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -112,8 +122,24 @@ def main() -> None:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(f"  {d} {n} faces: {rows[-1]['fps']:.1f} FPS", file=sys.stderr)
-    print_table(rows, ["detector", "faces", "fps", "ms_decode", "ms_detect", "ms_classify", "ms_track", "ms_draw",
-                       "ms_encode", "recall", "false_pos_per_frame", "accuracy_in_loop", "peak_rss_mb"])
+    print_table(
+        rows,
+        [
+            "detector",
+            "faces",
+            "fps",
+            "ms_decode",
+            "ms_detect",
+            "ms_classify",
+            "ms_track",
+            "ms_draw",
+            "ms_encode",
+            "recall",
+            "false_pos_per_frame",
+            "accuracy_in_loop",
+            "peak_rss_mb",
+        ],
+    )
     save("live_speed", {"frames": a.frames, "video": "640x480 synthetic, clear FER+ test faces", "rows": rows})
 
 

@@ -25,7 +25,8 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict
     s = models.spec(name)
     m = models.create(name, num_classes=8).to(device).to(memory_format=torch.channels_last)
     x = torch.randn(batch, s.channels, s.image_size, s.image_size, device=device).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, 8, (batch,), device=device)
     opt = torch.optim.AdamW(m.parameters(), 1e-3)
     amp = device.type == "cuda"
@@ -59,8 +60,14 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict
         sync()
     infer_ips = batch * steps / (time.perf_counter() - t)
     params = sum(p.numel() for p in m.parameters())
-    return {"model": name, "input": f"{s.image_size}px x{s.channels}", "params_M": params / 1e6,
-            "train_img_s": train_ips, "infer_img_s": infer_ips, "batch": batch}
+    return {
+        "model": name,
+        "input": f"{s.image_size}px x{s.channels}",
+        "params_M": params / 1e6,
+        "train_img_s": train_ips,
+        "infer_img_s": infer_ips,
+        "batch": batch,
+    }
 
 
 def data_speed(n: int, workers: int) -> list[dict]:
@@ -86,8 +93,15 @@ def data_speed(n: int, workers: int) -> list[dict]:
         loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers)
         t = time.perf_counter()
         count = sum(len(b[1]) for b in loader)
-        rows.append({"pipeline": f"FER+ train, {'cached memmap' if cache else 'PNG decode'}", "images": count,
-                     "workers": workers, "img_s": count / (time.perf_counter() - t), "cache_build_s": build})
+        rows.append(
+            {
+                "pipeline": f"FER+ train, {'cached memmap' if cache else 'PNG decode'}",
+                "images": count,
+                "workers": workers,
+                "img_s": count / (time.perf_counter() - t),
+                "cache_build_s": build,
+            }
+        )
     return rows
 
 

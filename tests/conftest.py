@@ -53,8 +53,9 @@ def class_pattern(label: int, size: int = 32, seed: int = 0) -> np.ndarray:
     return img
 
 
-def make_folder_dataset(root: Path, classes=("neutral", "happy", "sad"), per_class: int = 20, size: int = 32,
-                        split_dirs: bool = False) -> Path:
+def make_folder_dataset(
+    root: Path, classes=("neutral", "happy", "sad"), per_class: int = 20, size: int = 32, split_dirs: bool = False
+) -> Path:
     """class-per-folder tree of :func:`class_pattern` images (``train/val/test`` subfolders if ``split_dirs``)."""
     splits = ("train", "val", "test") if split_dirs else ("",)
     for s in splits:

@@ -15,8 +15,9 @@ from emolens.live.synthetic import background, sample_face
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="Chromium and chromedriver not installed (Debian: chromium chromium-driver)")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="Chromium and chromedriver not installed (Debian: chromium chromium-driver)"
+)
 
 
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 15) -> Path:
@@ -70,10 +71,21 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
     clip = fake_camera_clip(tmp_path / "cam.y4m")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -90,7 +102,8 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
         driver.save_screenshot(str(tmp_path / "page.png"))
         painted = driver.execute_script(
             "const c=document.getElementById('overlay');const d=c.getContext('2d').getImageData(0,0,c.width,c.height)"
-            ".data;let n=0;for(let i=3;i<d.length;i+=4){if(d[i]>0)n++;}return n;")
+            ".data;let n=0;for(let i=3;i<d.length;i+=4){if(d[i]>0)n++;}return n;"
+        )
         assert state["repliesReceived"] >= 3, state
         assert state["boxesDrawn"] >= 3 and "happiness" in state["lastLabels"], state
         assert "happiness" in driver.find_element("id", "labels").text

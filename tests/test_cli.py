@@ -17,8 +17,22 @@ def test_models_lists_registry(capsys):
 
 
 def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys):
-    rc = main(["live", "--source", "sample", "--detector", "haar", "--output", str(tmp_path / "out.mp4"),
-               "--csv", str(tmp_path / "faces.csv"), "--summary", str(tmp_path / "sum"), "-q"])
+    rc = main(
+        [
+            "live",
+            "--source",
+            "sample",
+            "--detector",
+            "haar",
+            "--output",
+            str(tmp_path / "out.mp4"),
+            "--csv",
+            str(tmp_path / "faces.csv"),
+            "--summary",
+            str(tmp_path / "sum"),
+            "-q",
+        ]
+    )
     assert rc == 0
     brief = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert brief["frames_read"] == 75 and set(brief["tracks"].values()) == {"happiness"}
@@ -46,12 +60,42 @@ def test_predict_folder_json_csv(tmp_path):
 
 def test_train_and_evaluate_cli(tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "data", per_class=12, split_dirs=True)
-    rc = main(["train", "--dataset", "folder", "--root", str(root), "--model", "fernet_tiny", "--image-size", "32",
-               "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--no-cache",
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--model",
+            "fernet_tiny",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "run" / "best.pt").is_file()
-    rc = main(["evaluate", str(tmp_path / "run" / "best.pt"), "--dataset", "folder", "--root", str(root),
-               "--out", str(tmp_path / "ev")])
+    rc = main(
+        [
+            "evaluate",
+            str(tmp_path / "run" / "best.pt"),
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
     assert rc == 0 and "accuracy=" in capsys.readouterr().out
     assert (tmp_path / "ev" / "report.md").is_file()
 

@@ -13,8 +13,17 @@ from emolens.labels import CLASSES, CLASSES_7
 def _affectnet_official(root, rows):
     img_dir = root / "Manually_Annotated_Images" / "1"
     img_dir.mkdir(parents=True)
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
+    header = [
+        "subDirectory_filePath",
+        "face_x",
+        "face_y",
+        "face_width",
+        "face_height",
+        "facial_landmarks",
+        "expression",
+        "valence",
+        "arousal",
+    ]
     for name in ("training.csv", "validation.csv"):
         with open(root / name, "w", newline="") as f:
             w = csv.writer(f)
@@ -85,7 +94,9 @@ def test_ferplus_majority_vote_on_fake_tree(tmp_path):
     ds = open_dataset("ferplus", tmp_path, "train")
     assert [CLASSES[s.label] for s in ds.samples] == ["neutral", "contempt", "sadness"]
     soft = ds.soft_target(2)
-    assert soft[CLASSES.index("sadness")] == pytest.approx(0.8) and soft[CLASSES.index("surprise")] == pytest.approx(0.2)
+    assert soft[CLASSES.index("sadness")] == pytest.approx(0.8) and soft[CLASSES.index("surprise")] == pytest.approx(
+        0.2
+    )
     _, y, s = ds[0]
     assert y == 0 and s.sum().item() == pytest.approx(1.0)
 
@@ -117,7 +128,8 @@ def test_fer2013_folder_real_splits(fer2013_root):
 def test_fer2013_csv(tmp_path):
     px = " ".join(["128"] * 48 * 48)
     (tmp_path / "fer2013.csv").write_text(
-        f"emotion,pixels,Usage\n3,{px},Training\n0,{px},PrivateTest\n6,{px},PrivateTest\n")
+        f"emotion,pixels,Usage\n3,{px},Training\n0,{px},PrivateTest\n6,{px},PrivateTest\n"
+    )
     ds = open_dataset("fer2013", tmp_path, "test")
     assert [CLASSES_7[s.label] for s in ds.samples] == ["anger", "neutral"]
     assert ds.load_face(0).shape == (48, 48) and ds.load_face(0)[0, 0] == 128

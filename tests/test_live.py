@@ -75,7 +75,11 @@ def test_smoothing_reduces_label_changes():
         labels = [int(np.argmax(sm.update(1, f))) for f in frames]
         return sum(a != b for a, b in zip(labels, labels[1:], strict=False))
 
-    raw, ema, win = changes(Smoother("none")), changes(Smoother("ema", alpha=0.3)), changes(Smoother("window", window=8))
+    raw, ema, win = (
+        changes(Smoother("none")),
+        changes(Smoother("ema", alpha=0.3)),
+        changes(Smoother("window", window=8)),
+    )
     assert raw > 20 and ema < raw / 3 and win < raw / 3
 
 
@@ -162,8 +166,9 @@ def test_video_rows_match_detections_and_ids_are_stable(classifier, sample_clip,
     det = HaarDetector()
     pipe = Pipeline(classifier, det)
     rows_path = tmp_path / "rows.csv"
-    summary = pipe.run(str(sample_clip), output=tmp_path / "out.mp4", rows=rows_path, summary_dir=tmp_path,
-                       progress=False)
+    summary = pipe.run(
+        str(sample_clip), output=tmp_path / "out.mp4", rows=rows_path, summary_dir=tmp_path, progress=False
+    )
     rows = list(csv.DictReader(open(rows_path)))
     assert summary["frames_read"] == 40
     per_frame = {}
@@ -246,8 +251,10 @@ def test_predict_images_odd_formats(classifier, tmp_path):
     cv2.imwrite(str(tmp_path / "huge.jpg"), cv2.resize(face, (3000, 3100)))
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 broken")
     pipe = Pipeline(classifier, HaarDetector(), Smoother("none"))
-    recs = {r["file"].split("/")[-1]: r for r in predict_images(pipe, expand_inputs([tmp_path]), progress=False,
-                                                                 annotate=tmp_path / "ann")}
+    recs = {
+        r["file"].split("/")[-1]: r
+        for r in predict_images(pipe, expand_inputs([tmp_path]), progress=False, annotate=tmp_path / "ann")
+    }
     assert "broken.jpg" in recs["broken.jpg"]["error"] and recs["broken.jpg"]["faces"] == []
     for name in ("grey.png", "rgba.png", "deep.png", "huge.jpg"):
         assert [f["label"] for f in recs[name]["faces"]] == ["happiness"], name

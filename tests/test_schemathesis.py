@@ -13,8 +13,9 @@ from emolens.serve import ServeSettings, create_app  # noqa: E402
 def _app():
     import tempfile
 
-    return create_app(ServeSettings(data_dir=tempfile.mkdtemp(prefix="emolens-st-"), detector="haar",
-                                    max_queued_jobs=2))
+    return create_app(
+        ServeSettings(data_dir=tempfile.mkdtemp(prefix="emolens-st-"), detector="haar", max_queued_jobs=2)
+    )
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

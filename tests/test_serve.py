@@ -17,8 +17,9 @@ from emolens.serve import ServeSettings, create_app  # noqa: E402
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve")
-    return create_app(ServeSettings(data_dir=data, detector="haar", max_image_mb=1.0, max_video_mb=3.0,
-                                    max_queued_jobs=1))
+    return create_app(
+        ServeSettings(data_dir=data, detector="haar", max_image_mb=1.0, max_video_mb=3.0, max_queued_jobs=1)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def test_video_job_lifecycle(client, tmp_path):
     assert rows[0].startswith("frame,") and len(rows) > 20
     assert client.get(f"/v1/video/{job}/annotated.mp4").content[4:8] == b"ftyp"
     assert {v["dominant"] for v in client.get(f"/v1/video/{job}/results.json").json()["tracks"].values()} == {
-        "happiness"}
+        "happiness"
+    }
 
 
 def test_video_bad_input_and_paths(client, app):

@@ -16,13 +16,30 @@ from emolens.training.checkpoint import unwrap
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    return make_folder_dataset(tmp_path_factory.mktemp("tiny"), classes=("neutral", "happy", "sad", "angry"),
-                               per_class=30, size=32, split_dirs=True)
+    return make_folder_dataset(
+        tmp_path_factory.mktemp("tiny"),
+        classes=("neutral", "happy", "sad", "angry"),
+        per_class=30,
+        size=32,
+        split_dirs=True,
+    )
 
 
 def _cfg(root, out, **kw):
-    base = dict(dataset="folder", root=str(root), model="fernet_tiny", out=str(out), image_size=32, epochs=3,
-                batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light")
+    base = dict(
+        dataset="folder",
+        root=str(root),
+        model="fernet_tiny",
+        out=str(out),
+        image_size=32,
+        epochs=3,
+        batch_size=16,
+        lr=3e-3,
+        workers=0,
+        progress=False,
+        cache=False,
+        augment="light",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -40,9 +57,19 @@ def test_training_learns_and_writes_run_folder(tiny_root, tmp_path):
     m = evaluate(out / "best.pt", "folder", tiny_root, "test", out=tmp_path / "eval", progress=False)
     assert m["accuracy"] >= 0.9
     assert sum(map(sum, m["confusion"])) == m["n"] == 120
-    for f in ("metrics.json", "per_class.csv", "confusion.csv", "confusion_ratio.csv", "confusion.png",
-              "confusion_ratio.png", "per_class.png", "class_distribution.png", "learning_curves.png",
-              "report.md", "report.html"):
+    for f in (
+        "metrics.json",
+        "per_class.csv",
+        "confusion.csv",
+        "confusion_ratio.csv",
+        "confusion.png",
+        "confusion_ratio.png",
+        "per_class.png",
+        "class_distribution.png",
+        "learning_curves.png",
+        "report.md",
+        "report.html",
+    ):
         assert (tmp_path / "eval" / f).is_file(), f
 
 
@@ -102,8 +129,16 @@ def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           str(script), str(tiny_root), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        str(script),
+        str(tiny_root),
+        str(tmp_path),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"rank{k}.pt", weights_only=False) for k in (0, 1))

@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-video-mb", type=float, default=200.0)
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
+    sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     sv.set_defaults(func=cmd_serve)
 
     mo = sub.add_parser("models", help="list the model registry")

@@ -312,6 +312,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
+def app_from_env() -> FastAPI:
+    """App factory for multi-worker uvicorn (``--factory``): settings from ``EMOLENS_SERVE_*`` variables."""
+    import os
+
+    s = ServeSettings()
+    env = os.environ
+    if env.get("EMOLENS_SERVE_DATA_DIR"):
+        s.data_dir = Path(env["EMOLENS_SERVE_DATA_DIR"])
+    s.checkpoint = env.get("EMOLENS_SERVE_CHECKPOINT") or None
+    s.detector = env.get("EMOLENS_SERVE_DETECTOR", s.detector)
+    s.detector_model = env.get("EMOLENS_SERVE_DETECTOR_MODEL") or None
+    for key in ("max_image_mb", "max_video_mb", "request_timeout_s"):
+        if env.get(f"EMOLENS_SERVE_{key.upper()}"):
+            setattr(s, key, float(env[f"EMOLENS_SERVE_{key.upper()}"]))
+    if env.get("EMOLENS_SERVE_MAX_QUEUED_JOBS"):
+        s.max_queued_jobs = int(env["EMOLENS_SERVE_MAX_QUEUED_JOBS"])
+    return create_app(s)
+
+
 def _remove(folder: Path) -> None:
     for p in folder.iterdir():
         p.unlink()
