@@ -236,7 +236,7 @@ def test_truncated_video_ends_early_but_keeps_frames(sample_clip, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     src = FrameSource(str(cut))
     n = sum(1 for _ in src)
-    assert 5 < n < 40 and src.ended_early
+    assert 5 < n < 40 and src.ended_early and "cut.avi: video ended early" in src.stop_reason
     mp4 = tmp_path / "cut.mp4"  # an MP4 cut before its index cannot be opened at all: a named error
     mp4.write_bytes(sample_clip.read_bytes()[:5000])
     with pytest.raises(SourceError, match="cut.mp4: cannot open video"):
@@ -272,3 +272,41 @@ def test_onnx_export_matches_pytorch(classifier, tmp_path):
     onnx_clf = EmotionClassifier(backend="onnx", onnx_path=tmp_path / "m.onnx")
     faces = np.random.default_rng(0).integers(0, 255, (6, 48, 48), dtype=np.uint8)
     assert np.abs(onnx_clf.predict(faces) - classifier.predict(faces)).max() < 1e-4
+
+
+def test_camera_disappearing_mid_stream_keeps_rows(classifier, monkeypatch, tmp_path):
+    face_frame = cv2.copyMakeBorder(sample_face(), 60, 60, 100, 100, cv2.BORDER_CONSTANT, value=(90, 110, 100))
+
+    class FlakyCamera:
+        """A webcam that delivers 12 frames, then is unplugged."""
+
+        def __init__(self, index):
+            self.n = 0
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return {
+                cv2.CAP_PROP_FPS: 30.0,
+                cv2.CAP_PROP_FRAME_WIDTH: face_frame.shape[1],
+                cv2.CAP_PROP_FRAME_HEIGHT: face_frame.shape[0],
+            }.get(prop, 0.0)
+
+        def read(self):
+            import time as _t
+
+            _t.sleep(0.01)
+            self.n += 1
+            return (True, face_frame.copy()) if self.n <= 12 else (False, None)
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", FlakyCamera)
+    rows = tmp_path / "rows.csv"
+    summary = Pipeline(classifier, HaarDetector()).run("0", rows=rows, progress=False)
+    assert summary["ended_early"] and 1 <= summary["frames_read"] <= 12
+    assert "0: stream stopped (camera disconnected" in summary["stop_reason"]
+    got = list(csv.DictReader(open(rows)))
+    assert len(got) == summary["frames_read"] and {r["label"] for r in got} == {"happiness"}

@@ -189,8 +189,9 @@ class Pipeline:
             ended_early=src.ended_early,
             stage_ms=self.timer.ms_per_frame(n),
         )
+        result["stop_reason"] = src.stop_reason
         if src.ended_early:
-            log.warning("%s: video ended early after %d of %s frames", src.spec, n, src.expected_frames)
+            log.warning("%s; the %d frames read so far are saved", src.stop_reason, n)
         if summary_dir:
             import json
 

@@ -33,6 +33,7 @@ class FrameSource:
         self.expected_frames: int | None = None
         self.dropped = 0
         self.ended_early = False
+        self.stop_reason: str | None = None
         self._screen = None
         if self.spec == "screen":
             try:
@@ -71,6 +72,7 @@ class FrameSource:
             if not ok:
                 if self.expected_frames and i < self.expected_frames - 1:
                     self.ended_early = True
+                    self.stop_reason = f"{self.spec}: video ended early after {i} of {self.expected_frames} frames"
                 break
             if frame is None or frame.size == 0:
                 raise SourceError(f"{self.spec}: empty frame at index {i}")
@@ -118,6 +120,7 @@ class FrameSource:
                             error[0] = f"{self.spec}: reader stopped"
                     if latest[0] is None:
                         self.ended_early = True
+                        self.stop_reason = error[0]
                         if count == 0:
                             raise SourceError(error[0] or f"{self.spec}: no frames")
                         return
