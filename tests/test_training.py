@@ -147,3 +147,13 @@ def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
     assert a["hist"][-1]["train_loss"] < a["hist"][0]["train_loss"]
     assert (tmp_path / "best.pt").is_file() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert unwrap  # imported for the script's API
+
+
+def test_existing_run_is_never_overwritten(tiny_root, tmp_path):
+    out = train(_cfg(tiny_root, tmp_path / "run", epochs=1))
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="last.pt: this run folder already holds a training run"):
+        train(_cfg(tiny_root, tmp_path / "run", epochs=1))
+    assert (out / "best.pt").read_bytes() == before
+    train(_cfg(tiny_root, tmp_path / "run", epochs=2), resume=True)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -130,9 +130,9 @@ class Trainer:
             self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
         self.batch_size = cfg.batch_size // self.world if self.distributed else cfg.batch_size
-        loader_kw = dict(
-            num_workers=cfg.workers, pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0
-        )
+        # Workers are re-created every epoch (not persistent), so their augmentation seeds derive from the
+        # per-epoch seed and a resumed run replays exactly the same batches.
+        loader_kw = dict(num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
         self.train_loader = DataLoader(
             self.train_ds,
             batch_size=self.batch_size,
@@ -245,6 +245,10 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.json")
+            # metrics.jsonl always mirrors the finished epochs held in last.pt (no stale or duplicate lines)
+            tmp = self.out / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            os.replace(tmp, self.out / "metrics.jsonl")
             bad = {**self.train_full.bad_files, **self.val_full.bad_files}
             if bad:
                 log.warning("%d unreadable image(s) skipped so far", len(bad))
@@ -320,9 +324,14 @@ def _plot_curves(history: list[dict], out: Path) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train from a config (resuming from ``cfg.out/last.pt`` when ``resume``); returns the run folder."""
+    last = Path(cfg.out) / "last.pt"
+    if last.is_file() and not resume:
+        raise FileExistsError(
+            f"{last}: this run folder already holds a training run; pass --resume to continue it or choose a new --out"
+        )
     trainer = Trainer(cfg)
-    if resume:
-        trainer.resume()
+    if resume and not trainer.resume():
+        log.warning("%s not found: starting a new run", last)
     trainer.fit()
     if trainer.distributed:
         dist.destroy_process_group()
