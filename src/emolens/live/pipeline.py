@@ -127,6 +127,7 @@ class Pipeline:
         before a failure is kept. Returns the summary dict (also written as ``summary.json``).
         """
         src = FrameSource(source, max_frames=max_frames)
+        self.timer = StageTimer()  # stage timings of this run only
         writer = RowWriter(rows, self.classes) if rows else None
         video = None
         summary = Summary(self.classes)
@@ -149,7 +150,7 @@ class Pipeline:
                         writer.write(i, ts, last, src.spec)
                     summary.add(ts, last)
                 n += 1
-                if video is not None or output or window:
+                if output or window:
                     t1 = time.perf_counter()
                     draw_faces(frame, last, self.classes, bars=bars)
                     draw_fps(frame, n / max(time.perf_counter() - t_start, 1e-6))
