@@ -107,3 +107,48 @@ def test_websocket_stream_tracks_faces(client):
             assert msg["frame"] == i and len(msg["faces"]) == 1 and msg["faces"][0]["track_id"] == 1
         ws.send_bytes(b"garbage")
         assert "error" in json.loads(ws.receive_text())
+
+
+def test_job_queue_is_bounded(tmp_path):
+    import threading
+
+    from emolens.serve.jobs import JobQueue, QueueFull
+
+    gate = threading.Event()
+
+    def slow(job, folder):
+        gate.wait(10)
+        return {"ok": True}
+
+    q = JobQueue(tmp_path, slow, max_queued=1)
+    first, _ = q.new_job_dir()
+    q.submit(first)
+    for _ in range(100):
+        if first.status == "running":
+            break
+        time.sleep(0.02)
+    second, _ = q.new_job_dir()
+    q.submit(second)  # waits in the queue
+    third, _ = q.new_job_dir()
+    with pytest.raises(QueueFull, match="1 video jobs already waiting"):
+        q.submit(third)
+    gate.set()
+    for _ in range(100):
+        if second.status == "done":
+            break
+        time.sleep(0.02)
+    assert first.status == second.status == "done"
+
+
+def test_video_job_time_limit(tmp_path):
+    app = create_app(ServeSettings(data_dir=tmp_path, detector="haar", job_timeout_s=0.0))
+    clip = sample_video(tmp_path / "c.mp4", n_frames=10)
+    with TestClient(app) as c:
+        job = c.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}).json()["id"]
+        for _ in range(200):
+            st = c.get(f"/v1/video/{job}").json()
+            if st["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert st["status"] == "failed" and "0 s limit" in st["error"]
+        assert c.get(f"/v1/video/{job}/results.csv").status_code == 409

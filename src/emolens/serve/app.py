@@ -139,7 +139,7 @@ async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
-    """Build the app; the model and detector load once and are shared (under a lock) by all requests."""
+    """Build the app; the model loads once; requests share one detector under a lock, video jobs have their own."""
     s = settings or ServeSettings()
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,17 +161,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"video processing passed the {s.job_timeout_s:g} s limit")
 
-        pipe = fresh_pipeline("ema")
-        with lock:
-            return pipe.run(
-                str(video),
-                output=folder / "annotated.mp4",
-                rows=folder / "results.csv",
-                progress=False,
-                on_frame=on_frame,
-            )
+        # The job has a detector of its own (detectors keep state), so requests are not blocked by a long video.
+        pipe = Pipeline(classifier, create_detector(s.detector, model=s.detector_model), Smoother("ema"))
+        return pipe.run(
+            str(video), output=folder / "annotated.mp4", rows=folder / "results.csv", progress=False, on_frame=on_frame
+        )
 
-    jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs, timeout_s=s.job_timeout_s)
+    jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs)
     app = FastAPI(
         title="emolens",
         version=__version__,

@@ -45,14 +45,12 @@ def valid_job_id(job_id: str) -> bool:
 
 
 class JobQueue:
-    """One worker thread, at most ``max_queued`` waiting jobs, per-job ``timeout_s``."""
+    """One worker thread and at most ``max_queued`` waiting jobs; ``process`` enforces its own time limit."""
 
-    def __init__(
-        self, root: Path, process: Callable[[Job, Path], dict], max_queued: int = 4, timeout_s: float = 600.0
-    ) -> None:
+    def __init__(self, root: Path, process: Callable[[Job, Path], dict], max_queued: int = 4) -> None:
         self.root = root / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
-        self.process, self.timeout_s = process, timeout_s
+        self.process = process
         self.jobs: dict[str, Job] = {}
         self._q: queue.Queue[str] = queue.Queue(maxsize=max_queued)
         self._worker = threading.Thread(target=self._run, daemon=True, name="emolens-jobs")
