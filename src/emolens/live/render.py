@@ -32,8 +32,9 @@ def draw_faces(frame: np.ndarray, results: Sequence, classes: Sequence[str], bar
         text = f"#{r.track_id} {r.label} {100 * r.confidence:.0f}%"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y - 4 if y - th - base - 4 > 0 else y + h + th + 4
-        cv2.rectangle(frame, (x, ty - th - base), (x + tw + 4, ty + base), colour, -1)
-        cv2.putText(frame, text, (x + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+        tx = max(0, min(x, W - tw - 4))  # keep the label inside the frame
+        cv2.rectangle(frame, (tx, ty - th - base), (tx + tw + 4, ty + base), colour, -1)
+        cv2.putText(frame, text, (tx + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
         if bars:
             bx, bh = x + w + 4, max(8, round(12 * scale))
             for i, (c, p) in enumerate(zip(classes, r.probs, strict=True)):
