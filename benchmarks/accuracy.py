@@ -24,6 +24,16 @@ from _common import print_table, save, shared  # noqa: E402
 from emolens.evaluation.evaluate import evaluate  # noqa: E402
 from emolens.training import TrainConfig, train  # noqa: E402
 
+PAPER_SETUP = dict(
+    dataset="ferplus",
+    epochs=3,
+    lr=0.001,
+    schedule="cosine",
+    class_weights=True,
+    select_metric="macro_f1",
+    workers=1,
+    channels=3,
+)
 RECIPES = {
     "ferplus": dict(
         dataset="ferplus",
@@ -47,28 +57,9 @@ RECIPES = {
         select_metric="accuracy",
         workers=1,
     ),
-    "paper_cnn": dict(
-        dataset="ferplus",
-        model="paper_cnn",
-        epochs=3,
-        lr=0.001,
-        schedule="cosine",
-        class_weights=True,
-        select_metric="macro_f1",
-        workers=1,
-        channels=3,
-    ),
-    "resnet18": dict(
-        dataset="ferplus",
-        model="resnet18",
-        epochs=3,
-        lr=0.001,
-        schedule="cosine",
-        class_weights=True,
-        select_metric="macro_f1",
-        workers=1,
-        channels=3,
-    ),
+    # the paper's comparison: both models on the same data with the same (paper) training setup
+    "paper_cnn": dict(PAPER_SETUP, model="paper_cnn"),
+    "resnet18": dict(PAPER_SETUP, model="resnet18"),
 }
 ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013"}
 

@@ -8,7 +8,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import open_dataset
-from ..labels import remap
 from ..training.checkpoint import build_from_checkpoint, load_checkpoint
 from ..transforms import eval_transform
 from .inference import predict_loader
@@ -76,6 +75,3 @@ def evaluate(
             history = [json.loads(line) for line in run_metrics.read_text().splitlines() if line.strip()]
         write_report(m, out, title=f"{ckpt['model']} on {dataset} {split}", history=history)
     return m
-
-
-__all__ = ["evaluate", "remap"]
