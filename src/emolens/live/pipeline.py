@@ -81,18 +81,24 @@ class Pipeline:
         self.tracker.reset()
         self.smoother.reset()
 
-    def classify(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
+    def classify(self, frame: np.ndarray, faces: list[Face], margin: float | None = None) -> np.ndarray:
         """Raw class probabilities for ``faces`` of ``frame`` (one batched forward pass)."""
-        crops = crop_faces(frame, faces, self.classifier.preprocess, self.margin, self.align)
+        m = self.margin if margin is None else margin
+        crops = crop_faces(frame, faces, self.classifier.preprocess, m, self.align)
         return self.classifier.predict(crops)
 
-    def process(self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None) -> list[FaceResult]:
-        """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame."""
+    def process(
+        self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None, margin: float | None = None
+    ) -> list[FaceResult]:
+        """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame.
+
+        ``margin`` overrides the pipeline's crop margin for this frame.
+        """
         t = time.perf_counter()
         if faces is None:
             faces = self.detector.detect(frame)
         t1 = time.perf_counter()
-        probs = self.classify(frame, faces)
+        probs = self.classify(frame, faces, margin)
         t2 = time.perf_counter()
         ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
         self.smoother.drop(dropped)
