@@ -16,6 +16,10 @@ from torch.utils.data import Dataset
 log = logging.getLogger(__name__)
 
 
+#: File extensions read as images (OpenCV decodes them all).
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
 class DataError(ValueError):
     """Bad dataset input: the message names the file and what is wrong."""
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..labels import CLASSES, canonical_name
-from .base import DataError, Sample
+from .base import IMAGE_EXT, DataError, Sample
 from .split import check_split, stratified_split
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 

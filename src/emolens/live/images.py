@@ -10,13 +10,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.base import DataError, read_image
+from ..data.base import IMAGE_EXT, DataError, read_image
 from .detectors import Face
 from .pipeline import FaceResult, Pipeline
 from .render import draw_faces
 
 log = logging.getLogger(__name__)
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -64,13 +63,7 @@ def predict_images(
             continue
         pipeline.reset()  # independent images: no tracking or smoothing across files
         faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-        margin = pipeline.margin
-        if whole_image:
-            pipeline.margin = 0.0
-        try:
-            results = pipeline.process(frame, 0, faces=faces)
-        finally:
-            pipeline.margin = margin
+        results = pipeline.process(frame, 0, faces=faces, margin=0.0 if whole_image else None)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(
