@@ -13,6 +13,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from ..data.cache import default_cache_dir
+
 log = logging.getLogger(__name__)
 
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
@@ -89,7 +91,7 @@ def yunet_model_path(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: YuNet model file not found")
         return p
-    cache = Path(cache_dir or os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens")) / "models"
+    cache = Path(cache_dir or default_cache_dir()) / "models"
     target = cache / Path(url).name
     if target.is_file():
         return target
