@@ -3,9 +3,20 @@ import csv
 import cv2
 import numpy as np
 import pytest
-from conftest import make_folder_dataset
+from conftest import make_folder_dataset, shared_path
 
-from emolens.data import DataError, FaceDataset, Sample, attach_cache, open_dataset, read_image, stratified_split
+from emolens.data import (
+    DataError,
+    FaceDataset,
+    Sample,
+    attach_cache,
+    dataset_samples,
+    group_split,
+    open_dataset,
+    parse_data_spec,
+    read_image,
+    stratified_split,
+)
 from emolens.labels import CLASSES, CLASSES_7
 
 
@@ -223,3 +234,71 @@ def test_cache_gives_identical_faces(tmp_path):
     assert path.is_file()
     for i in range(len(plain)):
         assert np.array_equal(plain.load_face(i), cached.load_face(i))
+
+
+# ------------------------------------------------------------------ CK+, SFEW, several datasets at once
+def test_group_split_never_shares_a_group_and_is_seeded():
+    rng = np.random.default_rng(0)
+    groups = [f"S{g:03d}" for g in rng.integers(0, 60, 900)]
+    labels = rng.integers(0, 7, 900).tolist()
+    a = group_split(labels, groups, (0.7, 0.1, 0.2), seed=0)
+    b = group_split(labels, groups, (0.7, 0.1, 0.2), seed=0)
+    c = group_split(labels, groups, (0.7, 0.1, 0.2), seed=1)
+    g = np.asarray(groups)
+    sets = {k: set(g[v]) for k, v in a.items()}
+    assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"] or sets["val"] & sets["test"])
+    assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(900))
+    assert all((a[k] == b[k]).all() for k in a) and any(len(a[k]) != len(c[k]) or (a[k] != c[k]).any() for k in a)
+    assert 0.1 < len(a["test"]) / 900 < 0.3
+    with pytest.raises(ValueError, match="too few"):
+        group_split([0, 1], ["a", "b"])
+
+
+def test_ckplus_real_splits_by_subject():
+    from emolens.data.ckplus import subject_of
+
+    root = shared_path("data/ckplus")
+    splits = {s: dataset_samples("ckplus", root, s)[0] for s in ("train", "val", "test")}
+    subjects = {s: {subject_of(x.path) for x in v} for s, v in splits.items()}
+    assert not (subjects["train"] & subjects["test"] or subjects["val"] & subjects["test"])
+    assert not subjects["train"] & subjects["val"]
+    assert sum(len(v) for v in splits.values()) == 981
+    # the split is fixed in code: these are the same held-out subjects on every machine
+    assert len(splits["test"]) == 195 and sorted(subjects["test"])[:3] == ["S058", "S062", "S067"]
+    test_counts = np.bincount([x.label for x in splits["test"]], minlength=8)
+    assert test_counts[CLASSES.index("neutral")] == 0 and test_counts[CLASSES.index("contempt")] > 0
+    ds = open_dataset("ckplus", root, "test", image_size=48, channels=1)
+    x, y, _ = ds[0]
+    assert x.shape == (1, 48, 48) and CLASSES[y] != "neutral"
+
+
+def test_sfew_real_splits_by_film_and_cuts_the_fer_like_crop():
+    from emolens.data.sfew import film_of, sfew_face_box
+
+    root = shared_path("data/sfew")
+    splits = {s: dataset_samples("sfew", root, s)[0] for s in ("train", "val", "test")}
+    films = {s: {film_of(x.path) for x in v} for s, v in splits.items()}
+    assert not (films["train"] & films["test"] or films["val"] & films["test"] or films["train"] & films["val"])
+    assert sum(len(v) for v in splits.values()) == 860 and len(films["test"]) >= 5
+    assert all(x.label != CLASSES.index("contempt") for v in splits.values() for x in v)
+    # the face box is where YuNet finds the face in SFEW's aligned images; the crop goes past the
+    # image's left/right edges (the face fills the frame) and that part is black
+    x0, y0, w, h = sfew_face_box()
+    assert w > 143 and 170 < h < 185
+    face = open_dataset("sfew", root, "test", image_size=48, channels=1).load_face(0)
+    assert face.shape == (48, 48) and (face[:, 0] == 0).all() and face[:, 20:28].mean() > 20
+
+
+def test_several_datasets_in_one_label_space(tmp_path, fer2013_root):
+    folder = make_folder_dataset(tmp_path / "mine", classes=("contempt", "happy"), per_class=10)
+    ds = open_dataset("fer2013", fer2013_root, "val", extra=[f"folder={folder}*3"])
+    assert ds.classes == CLASSES and ds.name == "fer2013:val+folder"
+    n7 = len(open_dataset("fer2013", fer2013_root, "val"))
+    counts = ds.class_counts()
+    assert len(ds) == n7 + 2 and counts[CLASSES.index("contempt")] == 1  # val: 10% of the folder, no repeat
+    train = open_dataset("folder", folder, "train", extra=[f"folder={folder}*3"])
+    assert len(train) == 4 * len(open_dataset("folder", folder, "train"))  # the extra one repeated 3x
+    for bad in ("ckplus", "nope=/x", "=x"):
+        with pytest.raises(ValueError, match="KIND=ROOT|unknown dataset kind"):
+            parse_data_spec(bad)
+    assert parse_data_spec("sfew=/a*b/c*4") == ("sfew", "/a*b/c", 4)

@@ -6,19 +6,60 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from ..labels import CLASSES, CLASSES_7
 from .affectnet import affectnet_samples
 from .base import DataError, FaceDataset, Sample, read_image
 from .cache import attach_cache
+from .ckplus import ckplus_samples
 from .fer2013 import fer2013_samples
 from .ferplus import ferplus_samples
 from .folder import folder_samples
-from .split import stratified_split
+from .sfew import sfew_samples
+from .split import group_split, stratified_split
 
-KINDS = ("ferplus", "fer2013", "affectnet", "folder")
+KINDS = ("ferplus", "fer2013", "affectnet", "ckplus", "sfew", "folder")
+
+
+def dataset_samples(
+    kind: str, root: str | Path, split: str, protocol: str = "paper", seed: int = 0
+) -> tuple[list[Sample], tuple[str, ...]]:
+    """The samples of one split of dataset ``kind`` and the class list their labels index."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset root not found")
+    if kind == "ferplus":
+        return ferplus_samples(root, split), CLASSES
+    if kind == "fer2013":
+        return fer2013_samples(root, split), CLASSES_7
+    if kind == "affectnet":
+        return affectnet_samples(root, split, protocol=protocol, seed=seed), CLASSES
+    if kind == "ckplus":  # subject-disjoint split, fixed seed: the same test subjects for every run
+        return ckplus_samples(root, split), CLASSES
+    if kind == "sfew":  # film-disjoint split, fixed seed
+        return sfew_samples(root, split), CLASSES
+    if kind == "folder":
+        return folder_samples(root, split, seed=seed), CLASSES
+    raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+
+
+def parse_data_spec(spec: str) -> tuple[str, str, int]:
+    """``KIND=ROOT`` or ``KIND=ROOT*N`` (repeat its training samples N times) -> (kind, root, repeat)."""
+    kind, sep, root = spec.partition("=")
+    if not sep or not root:
+        raise ValueError(f"{spec!r}: expected KIND=ROOT (e.g. ckplus=../shared/data/ckplus), KIND one of {KINDS}")
+    repeat = 1
+    head, star, n = root.rpartition("*")
+    if star and n.isdigit():
+        root, repeat = head, int(n)
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; choose one of {KINDS}")
+    return kind, root, max(1, repeat)
 
 
 def open_dataset(
@@ -32,30 +73,32 @@ def open_dataset(
     protocol: str = "paper",
     seed: int = 0,
     cache: bool | str | Path = False,
+    extra: Sequence[str] = (),
 ) -> FaceDataset:
     """Open split ``train``/``val``/``test`` of dataset ``kind`` at ``root``.
 
     Faces come out ``image_size`` square with ``channels`` 1 (grey) or 3 (RGB). ``protocol`` and
     ``seed`` choose AffectNet's split and the 80/10/10 split of single-pool folders. ``cache`` builds
     a decoded-face memmap (``True`` for the default cache folder, or a folder path).
+
+    ``extra`` adds more datasets as ``KIND=ROOT`` (or ``KIND=ROOT*N`` to repeat its training
+    samples N times): the same split of each is appended, all labels in the canonical 8 classes.
     """
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: dataset root not found")
-    if kind == "ferplus":
-        samples, classes = ferplus_samples(root, split), CLASSES
-    elif kind == "fer2013":
-        samples, classes = fer2013_samples(root, split), CLASSES_7
-    elif kind == "affectnet":
-        samples, classes = affectnet_samples(root, split, protocol=protocol, seed=seed), CLASSES
-    elif kind == "folder":
-        samples, classes = folder_samples(root, split, seed=seed), CLASSES
-    else:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+    samples, classes = dataset_samples(kind, root, split, protocol, seed)
+    name = f"{kind}:{split}"
+    if extra:
+        # several datasets, one label space: every label re-indexed into the canonical 8 classes
+        samples = [_in_classes(s, classes) for s in samples]
+        for spec in extra:
+            k, r, repeat = parse_data_spec(spec)
+            more, cls = dataset_samples(k, r, split, protocol, seed)
+            samples += [_in_classes(s, cls) for s in more] * (repeat if split == "train" else 1)
+            name += f"+{k}"
+        classes = CLASSES
     ds = FaceDataset(
         samples,
         classes,
-        name=f"{kind}:{split}",
+        name=name,
         image_size=image_size,
         channels=channels,
         transform=transform,
@@ -66,12 +109,27 @@ def open_dataset(
     return ds
 
 
+def _in_classes(s: Sample, classes: Sequence[str]) -> Sample:
+    """``s`` with its label (and soft target) re-indexed from ``classes`` into :data:`CLASSES`."""
+    if tuple(classes) == CLASSES:
+        return s
+    idx = [CLASSES.index(c) for c in classes]
+    soft = None
+    if s.soft is not None:
+        soft = np.zeros(len(CLASSES), np.float32)
+        soft[idx] = s.soft
+    return replace(s, label=idx[s.label], soft=soft)
+
+
 __all__ = [
     "KINDS",
     "DataError",
     "FaceDataset",
     "Sample",
     "attach_cache",
+    "dataset_samples",
+    "group_split",
+    "parse_data_spec",
     "open_dataset",
     "read_image",
     "stratified_split",

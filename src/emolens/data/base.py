@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..geometry import cut_square, face_square
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,8 @@ class Sample:
     label: int
     path: str | None = None
     pixels: np.ndarray | None = None  # uint8 HxW or HxWx3 (e.g. from fer2013.csv)
-    box: tuple[int, int, int, int] | None = None  # x, y, w, h of the face inside the image
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h of the region to cut out (clipped, resized)
+    face: tuple[float, float, float, float] | None = None  # detector-style face box: cut the FER-like square
     soft: np.ndarray | None = None  # vote distribution over classes (sums to 1)
     valence: float | None = None
     arousal: float | None = None
@@ -161,6 +164,9 @@ class FaceDataset(Dataset):
             img = to_uint8_channels(s.pixels, self.channels, source=s.name)
         else:
             img = read_image(s.path, self.channels)  # type: ignore[arg-type]
+        if s.face is not None:
+            cx, cy, side = face_square(s.face)
+            return cut_square(img, cx, cy, side, self.image_size)
         img = crop_box(img, s.box)
         if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
             interp = cv2.INTER_AREA if img.shape[0] > self.image_size else cv2.INTER_LINEAR

@@ -26,7 +26,7 @@ def cache_key(ds: FaceDataset) -> str:
     h = hashlib.sha256()
     h.update(f"{ds.image_size}|{ds.channels}|{len(ds)}".encode())
     for s in ds.samples:
-        h.update(f"{s.name}|{s.box}\n".encode())
+        h.update(f"{s.name}|{s.box}|{s.face}\n".encode())
     return h.hexdigest()[:20]
 
 

@@ -11,7 +11,8 @@ from .split import check_split, stratified_split
 _SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
-def _scan(d: Path) -> list[Sample]:
+def scan_classes(d: Path) -> list[Sample]:
+    """Every image under ``d/<class>/``, labelled with the canonical index of its folder name."""
     class_dirs = sorted(p for p in d.iterdir() if p.is_dir())
     if not class_dirs:
         raise DataError(f"{d}: no class folders found")
@@ -35,9 +36,9 @@ def folder_samples(root: str | Path, split: str, seed: int = 0) -> list[Sample]:
         raise DataError(f"{root}: folder not found")
     for name in _SPLIT_DIRS[split]:
         if (root / name).is_dir():
-            return _scan(root / name)
+            return scan_classes(root / name)
     if any((root / n).is_dir() for names in _SPLIT_DIRS.values() for n in names):
         raise DataError(f"{root}: has split folders but none for {split!r} ({'/'.join(_SPLIT_DIRS[split])})")
-    pool = _scan(root)
+    pool = scan_classes(root)
     idx = stratified_split([s.label for s in pool], seed=seed)[split]
     return [pool[i] for i in idx]
