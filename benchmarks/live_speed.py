@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--detectors", default="haar,yunet")
     ap.add_argument("--faces", default="1,3,8")
-    ap.add_argument("--margin", type=float, default=0.1, help="face-box margin per side (as the CLI's --margin)")
+    ap.add_argument("--margin", type=float, default=0.0, help="face-box margin per side (as the CLI's --margin)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     yunet = str(shared("models/face_detection_yunet_2026may.onnx"))
@@ -148,7 +148,7 @@ def main() -> None:
         ],
     )
     save(
-        "live_speed" if a.margin == 0.1 else f"live_speed_margin{a.margin:g}",
+        "live_speed" if a.margin == 0.0 else f"live_speed_margin{a.margin:g}",
         {"margin": a.margin, "frames": a.frames, "video": "640x480 synthetic, clear FER+ test faces", "rows": rows},
     )
 

@@ -3,11 +3,11 @@ import csv
 import cv2
 import numpy as np
 import pytest
-from conftest import YUNET
+from conftest import YUNET, shared_path
 
 from emolens.live.classifier import EmotionClassifier
 from emolens.live.crop import crop_faces, to_model_colour
-from emolens.live.detectors import Face, HaarDetector, create_detector, yunet_model_path
+from emolens.live.detectors import Face, HaarDetector, create_detector, valid_faces, yunet_model_path
 from emolens.live.images import expand_inputs, predict_images
 from emolens.live.pipeline import Pipeline
 from emolens.live.smoothing import Smoother
@@ -92,7 +92,54 @@ def test_crop_colour_and_padding():
     grey = to_model_colour(frame, 1)
     assert grey[0, 0] == 76  # ITU-R 601 luma of pure red
     crops = crop_faces(frame, [Face(np.array([80, 80, 40, 40], np.float32))], Preprocess(48, 3), margin=0.2)
-    assert crops.shape == (1, 48, 48, 3) and (crops[..., 0] == 255).all()  # out-of-frame part replicated
+    assert crops.shape == (1, 48, 48, 3)
+    # the crop (side 1.09 * 40 * 1.4 = 61 px centred on the frame's corner) is 3/4 outside: black there
+    assert (crops[0, :20, :20, 0] == 255).all() and (crops[0, 28:, :, :] == 0).all() and (crops[0, :, 28:] == 0).all()
+
+
+def test_crop_geometry_matches_fer_crops():
+    """A FER-like crop of a face box: centred on the box, side 1.09 * sqrt(w * h), area-resampled."""
+    from emolens.geometry import FER_CROP_SCALE, cut_square, face_square, outside_fraction
+
+    cx, cy, side = face_square((100, 50, 80, 125))
+    assert (cx, cy) == (140, 112.5) and side == pytest.approx(FER_CROP_SCALE * 100)
+    assert face_square((0, 0, 100, 100), margin=0.1)[2] == pytest.approx(FER_CROP_SCALE * 120)
+    # a 4x-upscaled 48 px image, cut at its own square, comes back as the original up to resampling error
+    small = np.random.default_rng(0).integers(0, 255, (48, 48), np.uint8)
+    small = cv2.GaussianBlur(small, (5, 5), 1.5)
+    big = cv2.resize(small, (192, 192), interpolation=cv2.INTER_CUBIC)
+    back = cut_square(big, 96, 96, 192, 48)
+    assert np.abs(back.astype(int) - small).mean() < 4
+    assert outside_fraction(96, 96, 192, 192, 192) == 0 and outside_fraction(0, 96, 192, 192, 192) == 0.5
+
+
+def test_pipeline_crop_of_a_real_face_matches_the_training_crop(yunet_model):
+    """FER+ test faces upscaled 4x in a canvas: the square the pipeline cuts around YuNet's box covers the
+    training crop (IoU), and does so better than the wider crops (``--margin``) emolens used before."""
+    from emolens.data import read_image
+    from emolens.geometry import face_square
+    from emolens.live.detectors import YuNetDetector
+
+    det = YuNetDetector(str(yunet_model))
+    files = sorted((shared_path("data/ferplus") / "data" / "FER2013Test").glob("*.png"))[:40]
+    truth = np.array([144, 144, 336, 336], float)  # the 48 px face, upscaled to 192 px at (144, 144)
+
+    def iou(cx, cy, side):
+        a = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+        w, h = np.minimum(a[2:], truth[2:]) - np.maximum(a[:2], truth[:2])
+        inter = max(w, 0) * max(h, 0)
+        return inter / (side**2 + 192**2 - inter)
+
+    new, old = [], []
+    for f in files:
+        face = cv2.resize(read_image(f, 1), (192, 192), interpolation=cv2.INTER_CUBIC)
+        canvas = cv2.copyMakeBorder(face, 144, 144, 144, 144, cv2.BORDER_CONSTANT, value=128)
+        found = det.detect(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
+        if found:
+            new.append(iou(*face_square(found[0].box)))
+            old.append(iou(*face_square(found[0].box, margin=0.1)))
+    assert len(new) >= 30
+    assert np.median(new) > 0.7 and np.median(new) > np.median(old) + 0.05
 
 
 def test_alignment_levels_the_eyes():
@@ -115,6 +162,16 @@ def test_haar_and_yunet_find_the_sample_face():
         x, y, w, h = found[0].box
         assert 150 < x + w / 2 < 150 + face.shape[1] and 100 < y + h / 2 < 100 + face.shape[0]
     assert _yunet().detect(frame)[0].landmarks.shape == (5, 2)
+
+
+def test_detectors_drop_unusable_boxes_and_find_faces_in_small_images(yunet_model):
+    boxes = [[np.inf, 0, 10, 10], [5, 5, 2, 30], [300, 5, 20, 20], [-5, -5, 30, 30], [np.nan, 1, 1, 1]]
+    kept = valid_faces([Face(np.array(b, np.float32)) for b in boxes], 100, 100)
+    assert [f.box.tolist() for f in kept] == [[-5, -5, 30, 30]]
+    # a 48x48 face crop (CK+48-like) is upscaled before detection: YuNet then finds the face in it
+    face = cv2.resize(sample_face(), (48, 48), interpolation=cv2.INTER_AREA)
+    found = create_detector("yunet", model=str(yunet_model)).detect(face)
+    assert len(found) == 1 and 0 < found[0].box[2] <= 60
 
 
 def test_yunet_model_path_checks(tmp_path, monkeypatch):

@@ -18,6 +18,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         t = hints[f.name]
         if t is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})")
+        elif typing.get_origin(t) is list:
+            p.add_argument(flag, nargs="+", default=None, metavar="KIND=ROOT", help="(default: none)")
         else:
             base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
             p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
@@ -194,7 +196,12 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         help="face detector (auto: YuNet if its model is available or downloadable, else Haar)",
     )
     p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download)")
-    p.add_argument("--margin", type=float, default=0.1, help="extra context around each face box, per side")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="extra context per side around the FER-like face crop the model was trained on (0: that crop)",
+    )
     p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
     p.add_argument("--smooth", default="ema", choices=["ema", "window", "none"], help="temporal smoothing per face")
     p.add_argument("--alpha", type=float, default=0.35, help="EMA weight of the newest frame")

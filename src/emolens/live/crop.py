@@ -1,4 +1,5 @@
-"""Face crops for the classifier: square box with margin, optional eye alignment, explicit colour conversion."""
+"""Face crops for the classifier: the FER-like square of :mod:`emolens.geometry`, optional eye alignment,
+explicit colour conversion."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import cv2
 import numpy as np
 
 from ..data.base import to_uint8_channels
+from ..geometry import FER_CROP_SCALE, cut_square, face_square, square_affine
 from ..transforms import Preprocess
 from .detectors import Face
 
@@ -17,51 +19,59 @@ def to_model_colour(frame_bgr: np.ndarray, channels: int) -> np.ndarray:
     return to_uint8_channels(frame_bgr, channels, source="frame", bgr=True)
 
 
-def face_affine(face: Face, size: int, margin: float = 0.1, align: bool = False) -> np.ndarray:
-    """2x3 matrix mapping the square face region (box side x (1 + 2*margin)) onto ``size`` x ``size``.
+def eye_angle(face: Face) -> float:
+    """Rotation (degrees) that levels the eyes of ``face`` (0 without landmarks)."""
+    if face.landmarks is None:
+        return 0.0
+    (rx, ry), (lx, ly) = face.landmarks[0], face.landmarks[1]  # right eye (image left), left eye
+    return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
 
-    With ``align`` and landmarks, the region is rotated about the box centre so the eyes are level.
-    """
-    x, y, w, h = (float(v) for v in face.box)
-    cx, cy = x + w / 2, y + h / 2
-    side = max(w, h) * (1 + 2 * margin)
-    angle = 0.0
-    if align and face.landmarks is not None:
-        (rx, ry), (lx, ly) = face.landmarks[0], face.landmarks[1]  # right eye (image left), left eye
-        angle = float(np.degrees(np.arctan2(ly - ry, lx - rx)))
-    m = cv2.getRotationMatrix2D((cx, cy), angle, size / side)
-    m[0, 2] += size / 2 - cx
-    m[1, 2] += size / 2 - cy
-    return m
+
+def face_affine(
+    face: Face, size: int, margin: float = 0.0, align: bool = False, scale: float = FER_CROP_SCALE
+) -> np.ndarray:
+    """2x3 matrix mapping the face's FER-like square crop (rotated to level the eyes with ``align``)
+    onto ``size`` x ``size``."""
+    cx, cy, side = face_square(face.box, margin, scale)
+    return square_affine(cx, cy, side, size, eye_angle(face) if align else 0.0)
 
 
 def crop_faces(
-    frame_bgr: np.ndarray, faces: Sequence[Face], pre: Preprocess, margin: float = 0.1, align: bool = False
+    frame_bgr: np.ndarray,
+    faces: Sequence[Face],
+    pre: Preprocess,
+    margin: float = 0.0,
+    align: bool = False,
+    exact: bool = False,
+    scale: float = FER_CROP_SCALE,
 ) -> np.ndarray:
-    """uint8 batch N x S x S (grey) or N x S x S x 3 (RGB) ready for the classifier; edges replicated."""
+    """uint8 batch N x S x S (grey) or N x S x S x 3 (RGB) ready for the classifier.
+
+    Each face is cut as the FER-like square around its detector box (see :mod:`emolens.geometry`),
+    (side ``scale * sqrt(w * h)`` of the box: the detector's own :attr:`crop_scale`), ``margin`` wider
+    per side, rotated to level the eyes with ``align``; pixels outside the frame are
+    black. ``exact`` instead resizes each box itself to the square (for images that already are a face
+    crop, i.e. ``predict --whole-image``).
+    """
     img = to_model_colour(frame_bgr, pre.channels)
     s = pre.image_size
     shape = (len(faces), s, s) + ((3,) if pre.channels == 3 else ())
     out = np.empty(shape, np.uint8)
     for i, f in enumerate(faces):
-        if align and f.landmarks is not None:
-            out[i] = cv2.warpAffine(
-                img, face_affine(f, s, margin, True), (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-            )
+        if exact:
+            out[i] = _resize_box(img, f.box, s)
         else:
-            out[i] = _square_crop(img, f, s, margin)
+            cx, cy, side = face_square(f.box, margin, scale)
+            out[i] = cut_square(img, cx, cy, side, s, eye_angle(f) if align else 0.0)
     return out
 
 
-def _square_crop(img: np.ndarray, face: Face, size: int, margin: float) -> np.ndarray:
-    """Axis-aligned square crop (edges replicated where it leaves the frame), area-resampled to ``size``."""
-    x, y, w, h = (float(v) for v in face.box)
-    side = max(1, round(max(w, h) * (1 + 2 * margin)))
-    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+def _resize_box(img: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """The box (clipped to the image) resized to ``size`` x ``size``, as datasets resize their crops."""
     H, W = img.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
-    if pad:
-        img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    crop = img[y0 : y0 + side, x0 : x0 + side]
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+    x, y, w, h = (float(v) for v in box)
+    x0, y0 = max(0, round(x)), max(0, round(y))
+    x1, y1 = min(W, max(x0 + 1, round(x + w))), min(H, max(y0 + 1, round(y + h)))
+    crop = img[y0:y1, x0:x1]
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ..data.cache import default_cache_dir
+from ..geometry import FER_CROP_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +34,52 @@ class Face:
 
 class FaceDetector(Protocol):
     name: str
+    #: side of the FER-like crop relative to sqrt(w*h) of this detector's boxes (emolens.geometry)
+    crop_scale: float
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
 
 
-def _downscale(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+#: Frames whose shorter side is below this are upscaled before detection (a 48 px face crop holds a face
+#: too large for the detectors' input scale: YuNet finds none in a 48x48 CK+ image, or returns junk boxes).
+MIN_SIDE = 160
+
+
+def _rescale(frame: np.ndarray, max_side: int, min_side: int = MIN_SIDE) -> tuple[np.ndarray, float]:
+    """``frame`` resized so its longer side is at most ``max_side`` and its shorter side at least
+    ``min_side`` (up to 8x); returns it and the factor applied."""
     h, w = frame.shape[:2]
-    s = max(h, w)
-    if max_side and s > max_side:
-        f = max_side / s
+    if max_side and max(h, w) > max_side:
+        f = max_side / max(h, w)
         return cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA), f
+    if min_side and min(h, w) < min_side:
+        f = min(min_side / max(min(h, w), 1), 8.0)
+        return cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC), f
     return frame, 1.0
+
+
+def valid_faces(faces: list[Face], width: int, height: int, min_size: float = 4.0) -> list[Face]:
+    """Drop detections no crop can use: non-finite numbers, boxes under ``min_size`` px, or boxes that do
+    not overlap the ``width`` x ``height`` frame. Every detector's output goes through this."""
+    out = []
+    for f in faces:
+        x, y, w, h = (float(v) for v in f.box)
+        if not np.isfinite([x, y, w, h, f.score]).all() or w < min_size or h < min_size:
+            continue
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            continue
+        if f.landmarks is not None and not np.isfinite(f.landmarks).all():
+            f = Face(f.box, f.score, None)
+        out.append(f)
+    return out
 
 
 class HaarDetector:
     """OpenCV's frontal-face Haar cascade (the paper's detector). Needs opencv 4.x (5.0 removed it)."""
 
     name = "haar"
+    # Haar boxes are square and a little larger than YuNet's: measured on 452 FER+ faces as for YuNet
+    crop_scale = 1.05
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 640):
         if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
@@ -66,12 +96,13 @@ class HaarDetector:
         )
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        small, f = _downscale(frame_bgr, self.max_side)
+        small, f = _rescale(frame_bgr, self.max_side)
         grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         grey = cv2.equalizeHist(grey)
-        ms = max(8, round(self.min_size * f))
+        ms = max(8, round(self.min_size * min(f, 1.0)))
         boxes = self.cascade.detectMultiScale(grey, self.scale_factor, self.min_neighbors, minSize=(ms, ms))
-        return [Face(np.asarray(b, dtype=np.float32) / f) for b in (boxes if len(boxes) else [])]
+        faces = [Face(np.asarray(b, dtype=np.float32) / f) for b in (boxes if len(boxes) else [])]
+        return valid_faces(faces, frame_bgr.shape[1], frame_bgr.shape[0])
 
 
 def yunet_model_path(
@@ -118,6 +149,7 @@ class YuNetDetector:
     """YuNet CNN detector: better recall on turned and small faces, and 5 landmarks for alignment."""
 
     name = "yunet"
+    crop_scale = FER_CROP_SCALE
 
     def __init__(
         self,
@@ -132,7 +164,7 @@ class YuNetDetector:
         self._size: tuple[int, int] | None = None
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        small, f = _downscale(frame_bgr, self.max_side)
+        small, f = _rescale(frame_bgr, self.max_side)
         if small.ndim == 2:
             small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
         size = (small.shape[1], small.shape[0])
@@ -142,10 +174,11 @@ class YuNetDetector:
         _, out = self.net.detect(small)
         if out is None:
             return []
-        return [
+        faces = [
             Face(row[:4].astype(np.float32) / f, float(row[14]), row[4:14].reshape(5, 2).astype(np.float32) / f)
             for row in out
         ]
+        return valid_faces(faces, frame_bgr.shape[1], frame_bgr.shape[0])
 
 
 DETECTORS = ("auto", "haar", "yunet")

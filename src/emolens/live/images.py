@@ -63,7 +63,7 @@ def predict_images(
             continue
         pipeline.reset()  # independent images: no tracking or smoothing across files
         faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-        results = pipeline.process(frame, 0, faces=faces, margin=0.0 if whole_image else None)
+        results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(

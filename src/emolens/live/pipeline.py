@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..geometry import FER_CROP_SCALE
 from .classifier import EmotionClassifier
 from .crop import crop_faces
 from .detectors import Face, FaceDetector, create_detector
@@ -62,7 +63,7 @@ class Pipeline:
         detector: FaceDetector | None = None,
         smoother: Smoother | None = None,
         tracker: IoUTracker | None = None,
-        margin: float = 0.1,
+        margin: float = 0.0,
         align: bool = False,
     ) -> None:
         self.classifier = classifier or EmotionClassifier()
@@ -81,24 +82,28 @@ class Pipeline:
         self.tracker.reset()
         self.smoother.reset()
 
-    def classify(self, frame: np.ndarray, faces: list[Face], margin: float | None = None) -> np.ndarray:
-        """Raw class probabilities for ``faces`` of ``frame`` (one batched forward pass)."""
-        m = self.margin if margin is None else margin
-        crops = crop_faces(frame, faces, self.classifier.preprocess, m, self.align)
+    def classify(self, frame: np.ndarray, faces: list[Face], exact: bool = False) -> np.ndarray:
+        """Raw class probabilities for ``faces`` of ``frame`` (one batched forward pass).
+
+        Faces are cut with the FER-like geometry of :mod:`emolens.geometry` for this detector's boxes;
+        ``exact`` classifies each box as it is (a box that already is a face crop).
+        """
+        scale = getattr(self.detector, "crop_scale", FER_CROP_SCALE)
+        crops = crop_faces(frame, faces, self.classifier.preprocess, self.margin, self.align, exact, scale)
         return self.classifier.predict(crops)
 
     def process(
-        self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None, margin: float | None = None
+        self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None, exact: bool = False
     ) -> list[FaceResult]:
         """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame.
 
-        ``margin`` overrides the pipeline's crop margin for this frame.
+        ``exact`` classifies the given ``faces`` boxes as they are instead of cutting the FER-like crop.
         """
         t = time.perf_counter()
         if faces is None:
             faces = self.detector.detect(frame)
         t1 = time.perf_counter()
-        probs = self.classify(frame, faces, margin)
+        probs = self.classify(frame, faces, exact)
         t2 = time.perf_counter()
         ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
         self.smoother.drop(dropped)
