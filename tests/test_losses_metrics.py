@@ -56,3 +56,24 @@ def test_sampler_is_a_function_of_epoch_and_balances_classes():
     assert 0.35 < share < 0.65  # ~half the draws are the 10% class
     shards = [list(EpochSampler(labels, seed=1, rank=r, world_size=2)) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 50 and not set(shards[0]) & set(shards[1])
+
+
+def test_logit_adjusted_loss_is_ce_of_shifted_logits_and_balances_a_skewed_prior():
+    from emolens.training.losses import log_prior, logit_adjusted_cross_entropy
+
+    lp = log_prior([90, 10, 0])
+    assert lp.tolist() == pytest.approx([math.log(0.9), math.log(0.1), math.log(0.5 / 100)], rel=1e-6)
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    labels = torch.tensor([1, 0])
+    expected = torch.nn.functional.cross_entropy(logits + 0.5 * lp, labels).item()
+    assert logit_adjusted_cross_entropy(logits, labels, lp, tau=0.5).item() == pytest.approx(expected)
+    # the minimiser of the LA loss on data with prior (0.9, 0.1) and no signal is the uniform posterior:
+    # free logits fitted to 90 % class-0 labels end up (nearly) equal, so neither class is preferred
+    z = torch.zeros(1, 2, requires_grad=True)
+    y = torch.tensor([0] * 90 + [1] * 10)
+    opt = torch.optim.SGD([z], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        logit_adjusted_cross_entropy(z.expand(100, 2), y, log_prior([90, 10])).backward()
+        opt.step()
+    assert abs(float(z.detach()[0, 0] - z.detach()[0, 1])) < 0.05

@@ -157,3 +157,17 @@ def test_existing_run_is_never_overwritten(tiny_root, tmp_path):
     assert (out / "best.pt").read_bytes() == before
     train(_cfg(tiny_root, tmp_path / "run", epochs=2), resume=True)
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
+    first = train(_cfg(tiny_root, tmp_path / "a", epochs=2))
+    cfg = _cfg(tiny_root, tmp_path / "b", epochs=1, init=str(first / "best.pt"), loss="logit_adjusted", lr=1e-9)
+    t = Trainer(cfg)
+    start = load_checkpoint(first / "best.pt")["state_dict"]
+    assert all(torch.equal(v, start[k]) for k, v in t.model.state_dict().items())
+    t.fit()
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["val_metrics"]["accuracy"] >= 0.9  # kept what it knew
+    with pytest.raises(CheckpointError, match="fernet"):
+        Trainer(_cfg(tiny_root, tmp_path / "c", model="fernet", init=str(first / "best.pt")))
+    with pytest.raises(CheckpointError, match="input"):
+        Trainer(_cfg(tiny_root, tmp_path / "d", image_size=48, init=str(first / "best.pt")))

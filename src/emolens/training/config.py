@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -13,10 +13,12 @@ class TrainConfig:
 
     dataset: str = "ferplus"
     root: str = ""
+    extra_data: list[str] = field(default_factory=list)  # more datasets, KIND=ROOT[*N], one label space
     model: str = "fernet"
     out: str = "runs/exp"
     pretrained: bool = False
     weights: str | None = None  # local backbone weights file
+    init: str | None = None  # start from the weights of an emolens checkpoint (fine-tuning)
     image_size: int | None = None  # None: the model's default
     channels: int | None = None  # None: the model's default
     protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
@@ -28,6 +30,8 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | onecycle | none
     warmup_epochs: int = 0
     class_weights: bool = True  # the paper's class-weighted cross-entropy
+    loss: str = "ce"  # ce | logit_adjusted (Menon et al. 2021: CE on logits + tau * log prior)
+    la_tau: float = 1.0  # logit-adjustment strength
     balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
     label_smoothing: float = 0.0
     soft_labels: bool = False  # train on FER+ vote distributions
@@ -62,6 +66,7 @@ class TrainConfig:
     def validate(self) -> None:
         choices = {
             "optimizer": ("adamw", "sgd"),
+            "loss": ("ce", "logit_adjusted"),
             "schedule": ("cosine", "onecycle", "none"),
             "augment": ("none", "light", "default"),
             "select_metric": ("accuracy", "balanced_accuracy", "macro_f1", "loss"),

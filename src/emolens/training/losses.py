@@ -1,4 +1,4 @@
-"""Class-weighted (soft-label) cross-entropy."""
+"""Class-weighted (soft-label) cross-entropy and the logit-adjusted loss for long-tailed classes."""
 
 from __future__ import annotations
 
@@ -33,3 +33,25 @@ def weighted_cross_entropy(
     if soft is not None:
         return F.cross_entropy(logits, soft, weight=weight, label_smoothing=label_smoothing)
     return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
+
+
+def log_prior(counts: np.ndarray | list[int]) -> torch.Tensor:
+    """``log(n_c / N)`` of the training labels (classes with no samples get the log of 0.5 / N)."""
+    n = np.asarray(counts, dtype=np.float64)
+    return torch.tensor(np.log(np.maximum(n, 0.5) / n.sum()), dtype=torch.float32)
+
+
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    log_prior: torch.Tensor,
+    tau: float = 1.0,
+    soft: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Logit-adjusted loss (Menon et al., ICLR 2021): cross-entropy of ``logits + tau * log_prior``.
+
+    The raw ``logits`` then estimate the class-balanced posterior: their argmax minimises the
+    balanced error, and ``logits + tau * log_prior`` gives back the prior-weighted one.
+    """
+    return weighted_cross_entropy(logits + tau * log_prior.to(logits.device), labels, None, soft, label_smoothing)

@@ -21,9 +21,9 @@ from ..data import FaceDataset, open_dataset
 from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import Preprocess, eval_transform, train_transform
-from .checkpoint import load_checkpoint, model_payload, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_atomic
 from .config import TrainConfig
-from .losses import class_weights, weighted_cross_entropy
+from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, weighted_cross_entropy
 from .sampler import EpochSampler
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class Trainer:
             on_error=cfg.on_error,
             protocol=cfg.protocol,
             seed=cfg.seed,
+            extra=cfg.extra_data,
         )
         # Rank 0 builds the decoded-face cache first; the others then reuse it.
         if self.distributed and not self.is_main:
@@ -114,6 +115,8 @@ class Trainer:
             in_channels=self.pre.channels,
             image_size=self.pre.image_size,
         )
+        if cfg.init:
+            self._init_from(cfg.init)
         self.model.to(self.device)
         self.channels_last = cfg.channels_last
         if self.channels_last:
@@ -125,7 +128,8 @@ class Trainer:
             )
 
         counts = np.bincount(self.train_labels, minlength=len(self.classes))
-        self.weight = class_weights(counts).to(self.device) if cfg.class_weights else None
+        self.weight = class_weights(counts).to(self.device) if cfg.class_weights and cfg.loss == "ce" else None
+        self.log_prior = log_prior(counts).to(self.device)
         self.sampler = EpochSampler(
             self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
@@ -162,6 +166,17 @@ class Trainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ state
+    def _init_from(self, path: str | Path) -> None:
+        """Start from the weights of an emolens checkpoint of the same model, classes and input."""
+        ckpt = load_checkpoint(path, expect_model=self.cfg.model, expect_classes=len(self.classes))
+        if list(ckpt["classes"]) != list(self.classes):
+            raise CheckpointError(f"{path}: classes {ckpt['classes']} differ from the dataset's {list(self.classes)}")
+        if Preprocess.from_dict(ckpt["preprocess"]) != self.pre:
+            raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
+        self.model.load_state_dict(ckpt["state_dict"])
+        if self.is_main:
+            log.info("initialised from %s", path)
+
     def _train_state(self, epoch: int) -> dict:
         return model_payload(
             self.model,
@@ -211,9 +226,13 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.ddp_model(x)
-            loss = weighted_cross_entropy(
-                logits.float(), y, self.weight, soft.to(self.device) if cfg.soft_labels else None, cfg.label_smoothing
-            )
+            target = soft.to(self.device) if cfg.soft_labels else None
+            if cfg.loss == "logit_adjusted":
+                loss = logit_adjusted_cross_entropy(
+                    logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
+                )
+            else:
+                loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
