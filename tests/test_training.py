@@ -171,3 +171,30 @@ def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
         Trainer(_cfg(tiny_root, tmp_path / "c", model="fernet", init=str(first / "best.pt")))
     with pytest.raises(CheckpointError, match="input"):
         Trainer(_cfg(tiny_root, tmp_path / "d", image_size=48, init=str(first / "best.pt")))
+
+
+def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):
+    import numpy as np
+
+    from emolens.evaluation.prior import prior_shift_table, rebalance
+
+    # hand-made: two classes, prior 0.9/0.1; class-1 items score slightly below class 0 until tau < 0
+    lp = np.log(np.array([[0.6, 0.4], [0.55, 0.45], [0.9, 0.1], [0.8, 0.2]]))
+    table = prior_shift_table(lp, np.array([1, 1, 0, 0]), np.log([0.9, 0.1]), ["a", "b"], taus=(0.0, -0.2))
+    assert [r["balanced_accuracy"] for r in table] == [0.5, 1.0]
+
+    run = train(_cfg(tiny_root, tmp_path / "run", epochs=2))
+    before = load_checkpoint(run / "best.pt")
+    assert before["train_counts"] == [30, 30, 30, 0, 0, 0, 30, 0]  # neutral, happy, sad, angry
+    r = rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "rb.pt", metric="balanced_accuracy", progress=False)
+    after = load_checkpoint(tmp_path / "rb.pt")
+    counts = np.asarray(after["train_counts"], float)
+    shift = r["tau"] * np.log(np.maximum(counts, 0.5) / counts.sum())
+    assert np.allclose(
+        after["state_dict"]["classifier.bias"] - before["state_dict"]["classifier.bias"], shift, atol=1e-5
+    )
+    assert after["prior_shift"]["tau"] == r["tau"] and len(after["prior_shift"]["table"]) == len(r["table"])
+    # the corrected checkpoint really scores what the table promised for the chosen tau
+    chosen = next(row for row in r["table"] if row["tau"] == r["tau"])
+    m = evaluate(tmp_path / "rb.pt", "folder", tiny_root, "val", progress=False)
+    assert m["balanced_accuracy"] == pytest.approx(chosen["balanced_accuracy"], abs=1e-4)

@@ -63,6 +63,21 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebalance(a: argparse.Namespace) -> int:
+    from .evaluation.prior import rebalance
+
+    r = rebalance(a.checkpoint, a.dataset, a.root, a.out, split=a.split, extra=a.extra_data or (), metric=a.metric)
+    print(f"{'tau':>6s} {'accuracy':>9s} {'balanced':>9s} {'macro_f1':>9s} {'min_recall':>10s}")
+    for row in r["table"]:
+        mark = "  <- chosen" if row["tau"] == r["tau"] else ""
+        print(
+            f"{row['tau']:6.2f} {row['accuracy']:9.4f} {row['balanced_accuracy']:9.4f} {row['macro_f1']:9.4f} "
+            f"{row['min_recall']:10.4f}{mark}"
+        )
+    print(f"wrote {r['out']} (tau={r['tau']:+.2f}, chosen by {r['metric']} on {a.dataset}/{a.split})")
+    return 0
+
+
 def _pipeline(a: argparse.Namespace):
     from .live.classifier import EmotionClassifier
     from .live.detectors import create_detector
@@ -234,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_evaluate)
+
+    rb = sub.add_parser(
+        "rebalance",
+        help="post-hoc prior correction: trade accuracy for rare-class recall, chosen on a validation split",
+    )
+    rb.add_argument("checkpoint")
+    rb.add_argument("--dataset", required=True)
+    rb.add_argument("--root", required=True)
+    rb.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
+    rb.add_argument("--split", default="val")
+    rb.add_argument(
+        "--metric",
+        default="acc_bal",
+        choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
+        help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
+    )
+    rb.add_argument("--out", required=True, help="the corrected checkpoint")
+    rb.set_defaults(func=cmd_rebalance)
 
     pr = sub.add_parser("predict", help="emotions of every face in images or folders")
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")

@@ -127,7 +127,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-        counts = np.bincount(self.train_labels, minlength=len(self.classes))
+        self.counts = counts = np.bincount(self.train_labels, minlength=len(self.classes))
         self.weight = class_weights(counts).to(self.device) if cfg.class_weights and cfg.loss == "ce" else None
         self.log_prior = log_prior(counts).to(self.device)
         self.sampler = EpochSampler(
@@ -189,6 +189,7 @@ class Trainer:
             scheduler=self.sched.state_dict(),
             best=self.best,
             history=self.history,
+            train_counts=self.counts.tolist(),
         )
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -307,6 +308,7 @@ class Trainer:
                             epoch=epoch + 1,
                             val_metrics=vm,
                             config=vars(cfg),
+                            train_counts=self.counts.tolist(),
                         ),
                         self.out / "best.pt",
                     )
