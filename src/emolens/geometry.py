@@ -48,11 +48,19 @@ def cut_square(
     Large reductions are area-averaged first (as ``cv2.resize(INTER_AREA)`` does for the training
     crops), so a 48 px crop of a 300 px face is not aliased.
     """
-    src, f = img, 1.0
+    # work on the part of the frame the (possibly rotated) square covers, not the whole frame
+    a = np.radians(angle)
+    half = side / 2 * (abs(np.cos(a)) + abs(np.sin(a)))
+    H, W = img.shape[:2]
+    x0, y0 = max(0, int(np.floor(cx - half))), max(0, int(np.floor(cy - half)))
+    x1, y1 = min(W, int(np.ceil(cx + half)) + 1), min(H, int(np.ceil(cy + half)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return np.full((size, size) + img.shape[2:], fill, img.dtype)
+    src, f = img[y0:y1, x0:x1], 1.0
     if side > 2 * size:  # pre-shrink so the final bilinear warp reduces by at most 2x
         f = 2 * size / side
-        src = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    m = square_affine(cx * f, cy * f, side * f, size, angle)
+        src = cv2.resize(src, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    m = square_affine((cx - x0) * f, (cy - y0) * f, side * f, size, angle)
     border = (fill,) * (img.shape[2] if img.ndim == 3 else 1)
     return cv2.warpAffine(
         src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
