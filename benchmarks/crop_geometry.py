@@ -13,6 +13,9 @@ variant, next to the reference crops (what the dataset loader feeds training and
   detect         ``emolens predict`` defaults: YuNet + the FER-like crop (margin 0)
   detect-m0.1 .. wider crops (``--margin``), ``detect-align`` (``--align``)
   old-crop       the crop emolens used before (square of 1.2 x the longer box side, replicated edges)
+  fill-replicate / fill-reflect / shift-inside
+                 the FER-like crop with other answers for a crop that leaves the frame: replicated or
+                 mirrored edge pixels, or the square shifted (and shrunk if needed) to lie inside the frame
 
 An image where the detector finds no face counts as wrong (a user gets no label for it).
 
@@ -88,6 +91,26 @@ def _old_crop(frame_bgr: np.ndarray, faces, pre, margin: float = 0.1) -> np.ndar
     return np.stack(out) if out else np.zeros((0, pre.image_size, pre.image_size), np.uint8)
 
 
+def _policy_crop(frame_bgr: np.ndarray, face, pre, policy: str, scale: float) -> np.ndarray:
+    """The FER-like square with another out-of-frame policy than emolens' black fill."""
+    from emolens.geometry import face_square, square_affine
+
+    img = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+    H, W = img.shape
+    cx, cy, side = face_square(face.box, 0.0, scale)
+    if policy == "shift-inside":
+        side = min(side, H, W)
+        cx = min(max(cx, side / 2), W - side / 2)
+        cy = min(max(cy, side / 2), H - side / 2)
+    f = min(1.0, 2 * pre.image_size / side)
+    small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img
+    border = {"fill-replicate": cv2.BORDER_REPLICATE, "fill-reflect": cv2.BORDER_REFLECT_101}.get(
+        policy, cv2.BORDER_CONSTANT
+    )
+    m = square_affine(cx * f, cy * f, side * f, pre.image_size)
+    return cv2.warpAffine(small, m, (pre.image_size,) * 2, flags=cv2.INTER_LINEAR, borderMode=border)[None]
+
+
 def score(labels: list[int], preds: list[int | None], classes: list[str]) -> dict:
     """Metrics where ``None`` (no face found) counts as a wrong answer."""
     from emolens.evaluation.metrics import classification_metrics
@@ -144,16 +167,21 @@ def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str)
             preds.append(None if best is None else classes.index(best["label"]))
         rows.append({"variant": name, **score(labels, preds, classes)})
 
-    preds = []
+    cutters = {
+        "old-crop": lambda frame, face: _old_crop(frame, [face], pre),
+        **{
+            p: (lambda frame, face, p=p: _policy_crop(frame, face, pre, p, det.crop_scale))
+            for p in ("fill-replicate", "fill-reflect", "shift-inside")
+        },
+    }
+    preds = {k: [] for k in cutters}
     for p in paths:
         frame = cv2.imread(str(p))
         faces = det.detect(frame)
-        if not faces:
-            preds.append(None)
-            continue
-        face = max(faces, key=lambda f: f.box[2] * f.box[3])
-        preds.append(int(clf.predict(_old_crop(frame, [face], pre)).argmax(1)[0]))
-    rows.append({"variant": "old-crop", **score(labels, preds, classes)})
+        face = max(faces, key=lambda f: f.box[2] * f.box[3]) if faces else None
+        for k, cut in cutters.items():
+            preds[k].append(None if face is None else int(clf.predict(cut(frame, face)).argmax(1)[0]))
+    rows += [{"variant": k, **score(labels, v, classes)} for k, v in preds.items()]
     for r in rows:
         r["dataset"] = f"{kind}:{split}"
     return rows
