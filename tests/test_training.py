@@ -198,3 +198,31 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     chosen = next(row for row in r["table"] if row["tau"] == r["tau"])
     m = evaluate(tmp_path / "rb.pt", "folder", tiny_root, "val", progress=False)
     assert m["balanced_accuracy"] == pytest.approx(chosen["balanced_accuracy"], abs=1e-4)
+
+
+def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
+    import numpy as np
+
+    from emolens.evaluation.prior import rebalance
+    from emolens.training.checkpoint import build_from_checkpoint, ensemble_checkpoints, save_atomic
+
+    a = train(_cfg(tiny_root, tmp_path / "a", epochs=1))
+    b = train(_cfg(tiny_root, tmp_path / "b", epochs=1, seed=1))
+    ens = ensemble_checkpoints([a / "best.pt", b / "best.pt"])
+    assert ens["model"] == "fernet_tiny_x2" and "optimizer" not in ens
+    save_atomic(ens, tmp_path / "e.pt")
+    model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "e.pt"))
+    ma, _ = build_from_checkpoint(load_checkpoint(a / "best.pt"))
+    mb, _ = build_from_checkpoint(load_checkpoint(b / "best.pt"))
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        want = (ma(x).log_softmax(1) + mb(x).log_softmax(1)) / 2
+        assert torch.allclose(model(x), want, atol=1e-5)
+    r = rebalance(tmp_path / "e.pt", "folder", tiny_root, tmp_path / "r.pt", metric="accuracy", progress=False)
+    bias = load_checkpoint(tmp_path / "r.pt")["state_dict"]["logit_bias"]
+    counts = np.asarray(ens["train_counts"], float)
+    assert np.allclose(bias.numpy(), r["tau"] * np.log(np.maximum(counts, 0.5) / counts.sum()), atol=1e-6)
+    with pytest.raises(CheckpointError, match="model"):
+        ensemble_checkpoints(
+            [a / "best.pt", train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "best.pt"]
+        )

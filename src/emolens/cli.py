@@ -78,6 +78,15 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(a: argparse.Namespace) -> int:
+    from .training.checkpoint import ensemble_checkpoints, save_atomic
+
+    payload = ensemble_checkpoints(a.checkpoints)
+    save_atomic(payload, a.out)
+    print(f"wrote {a.out} ({payload['model']}: {len(a.checkpoints)} members)")
+    return 0
+
+
 def _pipeline(a: argparse.Namespace):
     from .live.classifier import EmotionClassifier
     from .live.detectors import create_detector
@@ -267,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rb.add_argument("--out", required=True, help="the corrected checkpoint")
     rb.set_defaults(func=cmd_rebalance)
+
+    en = sub.add_parser("ensemble", help="combine runs of the same model into one checkpoint (mean log-probs)")
+    en.add_argument("checkpoints", nargs="+")
+    en.add_argument("--out", required=True)
+    en.set_defaults(func=cmd_ensemble)
 
     pr = sub.add_parser("predict", help="emotions of every face in images or folders")
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")

@@ -4,8 +4,9 @@ A classifier's logits carry the training set's class prior ``pi``. Adding ``tau 
 (Menon et al., ICLR 2021, post-hoc logit adjustment) favours frequent classes for ``tau > 0`` and rare
 ones for ``tau < 0``; a model trained with the logit-adjusted loss has had ``log(pi)`` taken out, so its
 raw logits are the balanced end (``tau = 0``) and ``tau = 1`` restores the prior. :func:`rebalance` picks
-``tau`` on a validation split and folds ``tau * log(pi)`` into the bias of the model's last linear layer,
-so the corrected model is an ordinary checkpoint (PyTorch, ONNX, the live pipeline) with no extra step.
+``tau`` on a validation split and folds ``tau * log(pi)`` into the bias of the model's last linear layer
+(or an ensemble's ``logit_bias``), so the corrected model is an ordinary checkpoint (PyTorch, ONNX, the
+live pipeline) with no extra step.
 """
 
 from __future__ import annotations
@@ -53,32 +54,14 @@ def prior_shift_table(
     return rows
 
 
-def last_linear(model: nn.Module) -> nn.Linear:
-    """The model's output layer (its last ``nn.Linear``)."""
+def output_bias(model: nn.Module) -> torch.Tensor:
+    """The tensor added to the model's logits: its ``logit_bias`` (ensembles), else its last linear layer's bias."""
+    if isinstance(getattr(model, "logit_bias", None), torch.Tensor):
+        return model.logit_bias
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears or linears[-1].bias is None:
         raise ValueError(f"{type(model).__name__}: no final linear layer with a bias to fold the prior into")
-    return linears[-1]
-
-
-def train_counts(ckpt: dict) -> np.ndarray:
-    """Class counts of the checkpoint's training split: stored in it, or re-counted from its config."""
-    if "train_counts" in ckpt:
-        return np.asarray(ckpt["train_counts"], np.float64)
-    from ..data import dataset_samples, parse_data_spec
-
-    cfg = ckpt.get("config") or {}
-    if not cfg.get("root"):
-        raise ValueError("checkpoint has neither train_counts nor a training config to count classes from")
-    specs = [(cfg["dataset"], cfg["root"], 1), *(parse_data_spec(s) for s in cfg.get("extra_data") or [])]
-    classes = list(ckpt["classes"])
-    counts = np.zeros(len(classes), np.float64)
-    for kind, root, repeat in specs:
-        samples, cls = dataset_samples(kind, root, "train", cfg.get("protocol", "paper"), cfg.get("seed", 0))
-        for s in samples:
-            if cls[s.label] in classes:
-                counts[classes.index(cls[s.label])] += repeat
-    return counts
+    return linears[-1].bias
 
 
 def rebalance(
@@ -97,24 +80,28 @@ def rebalance(
     from torch.utils.data import DataLoader
 
     from ..data import open_dataset
-    from ..training.checkpoint import build_from_checkpoint, load_checkpoint, save_atomic
+    from ..training.checkpoint import (
+        CheckpointError,
+        build_from_checkpoint,
+        load_checkpoint,
+        save_atomic,
+        train_counts,
+    )
     from ..transforms import eval_transform
     from .inference import predict_loader
 
     ckpt = load_checkpoint(checkpoint)
     model, pre = build_from_checkpoint(ckpt, str(checkpoint))
-    ds = open_dataset(
-        dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False
-    )
+    ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
     if list(ds.classes) != list(ckpt["classes"]):
-        raise ValueError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
+        raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
     probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=progress)
     counts = train_counts(ckpt)
     log_prior = np.log(np.maximum(counts, 0.5) / counts.sum())
     table = prior_shift_table(np.log(np.maximum(probs, 1e-12)), labels, log_prior, ds.classes, taus)
     best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
     with torch.no_grad():
-        last_linear(model).bias += torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32)
+        output_bias(model).add_(torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32))
     ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     ckpt["train_counts"] = counts.tolist()
     ckpt["prior_shift"] = {

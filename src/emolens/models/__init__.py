@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .ensemble import Ensemble
 from .fernet import FERNet
 from .paper_cnn import PaperCNN
 from .torchvision_nets import mobilenet_v3_small, resnet18
@@ -74,9 +75,18 @@ def available() -> list[str]:
 
 
 def spec(name: str) -> ModelSpec:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {available()}")
-    return REGISTRY[name]
+    """The spec of ``name``; ``<model>_x<K>`` is an :class:`Ensemble` of K ``<model>`` s (``emolens ensemble``)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    base, sep, k = name.rpartition("_x")
+    if sep and k.isdigit() and int(k) >= 1 and base in REGISTRY:
+        b = REGISTRY[base]
+
+        def build(num_classes, in_channels, image_size, **kw):
+            return Ensemble([b.build(num_classes, in_channels, image_size) for _ in range(int(k))], num_classes)
+
+        return ModelSpec(build, b.image_size, b.channels, False, f"{k} x {base}, log-probabilities averaged")
+    raise ValueError(f"unknown model {name!r}; available: {available()} (and <model>_x<K> ensembles)")
 
 
 def create(
@@ -103,4 +113,4 @@ def create(
     )
 
 
-__all__ = ["REGISTRY", "FERNet", "ModelSpec", "PaperCNN", "available", "create", "spec"]
+__all__ = ["REGISTRY", "Ensemble", "FERNet", "ModelSpec", "PaperCNN", "available", "create", "spec"]

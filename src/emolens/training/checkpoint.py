@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,3 +77,53 @@ def build_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[nn.Mo
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit model {ckpt['model']!r}: {str(e)[:300]}") from None
     return model.eval(), pre
+
+
+def train_counts(ckpt: dict) -> np.ndarray:
+    """Class counts of the checkpoint's training split: stored in it, or re-counted from its config."""
+    if "train_counts" in ckpt:
+        return np.asarray(ckpt["train_counts"], float)
+    from ..data import dataset_samples, parse_data_spec
+
+    cfg = ckpt.get("config") or {}
+    if not cfg.get("root"):
+        raise CheckpointError("checkpoint has neither train_counts nor a training config to count classes from")
+    specs = [(cfg["dataset"], cfg["root"], 1), *(parse_data_spec(s) for s in cfg.get("extra_data") or [])]
+    classes = list(ckpt["classes"])
+    counts = np.zeros(len(classes), float)
+    for kind, root, repeat in specs:
+        samples, cls = dataset_samples(kind, root, "train", cfg.get("protocol", "paper"), cfg.get("seed", 0))
+        for s in samples:
+            if cls[s.label] in classes:
+                counts[classes.index(cls[s.label])] += repeat
+    return counts
+
+
+def ensemble_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint of model ``<model>_x<K>`` (an :class:`~emolens.models.Ensemble`) of K runs of ``<model>``.
+
+    All must share model, classes and preprocessing. ``train_counts`` becomes the mean of the members'
+    class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then uses.
+    """
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    name = f"{first['model']}_x{len(ckpts)}"
+    for p, c in zip(paths, ckpts, strict=True):
+        for key in ("model", "classes", "preprocess"):
+            if c[key] != first[key]:
+                raise CheckpointError(f"{p}: {key} {c[key]!r} differs from {paths[0]}'s {first[key]!r}")
+    state = {f"members.{k}.{n}": v for k, c in enumerate(ckpts) for n, v in c["state_dict"].items()}
+    state["logit_bias"] = torch.zeros(first["num_classes"])
+    counts = [train_counts(c) for c in ckpts]
+    size = sum(c.sum() for c in counts) / len(counts)
+    prior = sum(c / c.sum() for c in counts) / len(counts) * size
+    payload = {
+        **first,
+        "model": name,
+        "state_dict": state,
+        "members": [str(p) for p in paths],
+        "train_counts": prior.tolist(),
+    }
+    for key in ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config"):
+        payload.pop(key, None)
+    return payload
