@@ -4,9 +4,14 @@ Experiments (``--exp``):
   ferplus   FERNet on FER+ (8 classes, majority vote, official Train/Valid/Test): the bundled model's recipe.
   fer2013   FERNet on FER2013 (7 classes; Training / select on PublicTest / report PrivateTest).
   paper     the paper's comparison: paper_cnn vs resnet18 trained side by side on the same FER+ data.
+  cross     no training: every model on FER+ test, FER2013 PrivateTest (7 classes), held-out CK+ subjects and
+            held-out SFEW films (the fixed splits of emolens.data), single pass and flip TTA. Rows: the shipped
+            model, the previous one (from git), the paper's two (runs of --exp paper, if present) and peers run
+            on the same crops in their own environment (benchmarks/peers/; skipped when not installed).
 
     python benchmarks/accuracy.py --exp ferplus [--epochs 24] [--reuse runs/ferplus_fernet]
     python benchmarks/accuracy.py --exp paper --image-size 64 --max-samples 8000 --epochs 3
+    python benchmarks/accuracy.py --exp cross [--peer-python ~/.venvs/fer/bin/python] [--model NAME=CKPT ...]
 
 Each result records the exact configuration, wall time and test metrics (with and without flip TTA).
 """
@@ -14,11 +19,14 @@ Each result records the exact configuration, wall time and test metrics (with an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from _common import print_table, save, shared  # noqa: E402
 
 from emolens.evaluation.evaluate import evaluate  # noqa: E402
@@ -61,7 +69,11 @@ RECIPES = {
     "paper_cnn": dict(PAPER_SETUP, model="paper_cnn"),
     "resnet18": dict(PAPER_SETUP, model="resnet18"),
 }
-ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013"}
+ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013", "ckplus": "data/ckplus", "sfew": "data/sfew"}
+#: cross-dataset columns: (dataset kind, split)
+CROSS = (("ferplus", "test"), ("fer2013", "test"), ("ckplus", "test"), ("sfew", "test"))
+PREVIOUS = "b85cbfd"  # the last commit that shipped the previous bundled model (fernet, FER+ only)
+FER_PEER_CLASSES = {"angry": "anger", "happy": "happiness", "sad": "sadness"}
 
 
 def run(recipe: str, out: Path, reuse: bool, **override) -> dict:
@@ -93,18 +105,149 @@ def run(recipe: str, out: Path, reuse: bool, **override) -> dict:
     return res
 
 
+def _previous_model() -> Path | None:
+    """The previously bundled model, extracted from git history into benchmarks/_work/."""
+    import subprocess
+
+    out = Path(__file__).resolve().parent / "_work" / f"fernet_ferplus_{PREVIOUS}.pt"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(
+            ["git", "show", f"{PREVIOUS}:src/emolens/weights/fernet_ferplus.pt"], capture_output=True, check=False
+        )
+        if r.returncode:
+            print(f"SKIP previous model: git show {PREVIOUS} failed ({r.stderr.decode().strip()})")
+            return None
+        out.write_bytes(r.stdout)
+    return out
+
+
+def _scores(labels, probs, classes) -> dict:
+    from emolens.evaluation.metrics import classification_metrics
+
+    m = classification_metrics(labels, probs.argmax(1), classes)
+    recall = {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["support"]}
+    return {"n": m["n"], **{k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}, "recall": recall}
+
+
+def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
+    """Run a peer script on uint8 crops in its own interpreter; its probabilities in ``classes`` order."""
+    import subprocess
+    import tempfile
+
+    from emolens.labels import canonical_name
+
+    with tempfile.TemporaryDirectory() as d:
+        np.savez(Path(d) / "in.npz", faces=faces)
+        subprocess.run([python, str(script), f"{d}/in.npz", f"{d}/out.npz"], check=True, capture_output=True)
+        out = np.load(Path(d) / "out.npz")
+        probs, names = out["probs"], [canonical_name(FER_PEER_CLASSES.get(str(c), str(c))) for c in out["classes"]]
+    full = np.zeros((len(faces), len(classes)), np.float32)
+    for j, name in enumerate(names):
+        if name in classes:
+            full[:, list(classes).index(name)] = probs[:, j]
+    return full
+
+
+def cross(models: dict[str, str], peer_python: str | None) -> list[dict]:
+    """Every model on every cross-dataset column, single pass and flip TTA, on the same crops."""
+
+    from emolens.data import open_dataset
+    from emolens.evaluation.inference import predict_loader
+    from emolens.training.checkpoint import build_from_checkpoint, load_checkpoint
+    from emolens.transforms import eval_transform
+
+    rows = []
+    peer = Path(__file__).resolve().parent / "peers" / "fer_peer.py"
+    entries = [(name, path) for name, path in models.items()]
+    if peer_python:
+        entries.append(("fer (peer, mini-Xception 2018)", "peer"))
+    for name, path in entries:
+        for tta in (False, True):
+            row = {"model": name, "tta": tta, "checkpoint": path}
+            for kind, split in CROSS:
+                if path == "peer":
+                    ds = open_dataset(kind, shared(ROOTS[kind]), split, 48, 1, cache=False)
+                    faces = np.stack([ds.load_face(i) for i in range(len(ds))])
+                    probs = _peer_probs(peer_python, peer, faces, ds.classes)
+                    if tta:
+                        probs = (probs + _peer_probs(peer_python, peer, faces[:, :, ::-1].copy(), ds.classes)) / 2
+                    labels = ds.targets
+                else:
+                    ckpt = load_checkpoint(path)
+                    model, pre = build_from_checkpoint(ckpt, path)
+                    ds = open_dataset(
+                        kind, shared(ROOTS[kind]), split, pre.image_size, pre.channels, eval_transform(pre), cache=False
+                    )
+                    loader = torch.utils.data.DataLoader(ds, batch_size=256)
+                    probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=tta)
+                    # scored over the dataset's classes (FER2013: the 7 without contempt); on CK+ (no neutral)
+                    # and SFEW (no contempt) an answer of the missing class counts as wrong
+                    probs = probs[:, [list(ckpt["classes"]).index(c) for c in ds.classes]]
+                row[f"{kind}"] = _scores(labels, probs, ds.classes)
+            rows.append(row)
+            print(
+                f"{name:34s} tta={tta!s:5s} "
+                + "  ".join(
+                    f"{k}: {row[k]['accuracy']:.3f}/{row[k]['balanced_accuracy']:.3f}/{row[k]['macro_f1']:.3f}"
+                    for k, _ in CROSS
+                ),
+                flush=True,
+            )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--exp", required=True, choices=["ferplus", "fer2013", "paper"])
+    ap.add_argument("--exp", required=True, choices=["ferplus", "fer2013", "paper", "cross"])
+    ap.add_argument("--model", nargs="+", metavar="NAME=CKPT", help="cross: more checkpoints to compare")
+    ap.add_argument(
+        "--peer-python",
+        default=os.environ.get("EMOLENS_PEER_PYTHON"),
+        help="cross: python of the venv holding the fer peer (benchmarks/peers/README.md)",
+    )
     ap.add_argument("--runs", default="runs", help="folder for run directories")
     ap.add_argument("--reuse", action="store_true", help="evaluate an existing run instead of training again")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--image-size", type=int)
     ap.add_argument("--max-samples", type=int)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--pretrained", action="store_true", help="resnet18 with ImageNet weights (needs download)")
     a = ap.parse_args()
     over = dict(epochs=a.epochs, image_size=a.image_size, max_samples=a.max_samples)
     runs = Path(a.runs)
+    if a.exp == "cross":
+        from emolens.live.classifier import default_checkpoint
+
+        models = {"emolens (shipped)": str(default_checkpoint())}
+        prev = _previous_model()
+        if prev:
+            models[f"emolens previous ({PREVIOUS})"] = str(prev)
+        for name, run_dir in (("paper_cnn (paper)", "paper_cnn"), ("resnet18 (paper)", "paper_resnet18")):
+            if (runs / run_dir / "best.pt").is_file():
+                models[name] = str(runs / run_dir / "best.pt")
+            else:
+                print(f"SKIP {name}: {runs / run_dir / 'best.pt'} not found (run --exp paper first)")
+        models.update(dict(m.split("=", 1) for m in a.model or []))
+        if not a.peer_python:
+            print("SKIP peer fer: no --peer-python / $EMOLENS_PEER_PYTHON (benchmarks/peers/README.md)")
+        torch.set_num_threads(a.threads)
+        rows = cross(models, a.peer_python)
+        table = [
+            {
+                "model": r["model"],
+                "tta": r["tta"],
+                **{
+                    f"{k}_{m}": r[k][key]
+                    for k, _ in CROSS
+                    for m, key in (("acc", "accuracy"), ("bal", "balanced_accuracy"), ("f1", "macro_f1"))
+                },
+            }
+            for r in rows
+        ]
+        print_table(table, list(table[0]))
+        save("accuracy_cross", {"command": " ".join(sys.argv), "columns": [f"{k}:{s}" for k, s in CROSS], "rows": rows})
+        return
     if a.exp == "paper":
         rows = [
             run("paper_cnn", runs / "paper_cnn", a.reuse, **over),
