@@ -1,4 +1,4 @@
-"""Command-line interface: ``emolens train|evaluate|predict|live|export|models``."""
+"""Command-line interface: ``emolens train|evaluate|rebalance|ensemble|predict|live|export|serve|models``."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(a: argparse.Namespace) -> int:
-    from .training.checkpoint import ensemble_checkpoints, save_atomic
+    from .checkpoint import ensemble_checkpoints, save_atomic
 
     payload = ensemble_checkpoints(a.checkpoints)
     save_atomic(payload, a.out)
@@ -333,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .live.sources import SourceError
-    from .training import CheckpointError
 
     try:
         return a.func(a)

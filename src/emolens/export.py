@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training.checkpoint import build_from_checkpoint, load_checkpoint
+from .checkpoint import build_from_checkpoint, load_checkpoint
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True) -> dict:

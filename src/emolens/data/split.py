@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 SPLITS = ("train", "val", "test")
 
@@ -18,6 +17,8 @@ def stratified_split(
     The same labels and seed always give the same split. Classes too rare to stratify fall back
     to a plain seeded shuffle split.
     """
+    from sklearn.model_selection import train_test_split  # lazy: inference never loads scikit-learn
+
     if not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     y = np.asarray(labels)

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from ..checkpoint import build_from_checkpoint, load_checkpoint
 from ..data import open_dataset
-from ..training.checkpoint import build_from_checkpoint, load_checkpoint
 from ..transforms import eval_transform
 from .inference import predict_loader
 from .metrics import classification_metrics

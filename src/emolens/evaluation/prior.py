@@ -79,14 +79,14 @@ def rebalance(
     write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out"}``."""
     from torch.utils.data import DataLoader
 
-    from ..data import open_dataset
-    from ..training.checkpoint import (
+    from ..checkpoint import (
         CheckpointError,
         build_from_checkpoint,
         load_checkpoint,
         save_atomic,
         train_counts,
     )
+    from ..data import open_dataset
     from ..transforms import eval_transform
     from .inference import predict_loader
 

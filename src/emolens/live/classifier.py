@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.checkpoint import build_from_checkpoint, load_checkpoint
+from ..checkpoint import build_from_checkpoint, load_checkpoint
 from ..transforms import Preprocess
 
 DEFAULT_WEIGHTS = "fernet_ferplus.pt"

@@ -1,17 +1,26 @@
-"""Training: config, losses, sampler, checkpoints and the training loop."""
+"""Training: config, losses, sampler and the training loop (checkpoints live in :mod:`emolens.checkpoint`).
 
-from .checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
-from .config import TrainConfig
-from .losses import class_weights, weighted_cross_entropy
-from .trainer import Trainer, train
+Imports are lazy, so ``emolens.training.config`` (the CLI's flags) loads without PyTorch.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "TrainConfig",
-    "Trainer",
-    "build_from_checkpoint",
-    "class_weights",
-    "load_checkpoint",
-    "train",
-    "weighted_cross_entropy",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CheckpointError": "..checkpoint",
+    "build_from_checkpoint": "..checkpoint",
+    "load_checkpoint": "..checkpoint",
+    "TrainConfig": ".config",
+    "class_weights": ".losses",
+    "weighted_cross_entropy": ".losses",
+    "Trainer": ".trainer",
+    "train": ".trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .. import models
+from ..checkpoint import CheckpointError, load_checkpoint, model_payload, save_atomic
 from ..data import FaceDataset, open_dataset
 from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import Preprocess, eval_transform, train_transform
-from .checkpoint import CheckpointError, load_checkpoint, model_payload, save_atomic
 from .config import TrainConfig
 from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, weighted_cross_entropy
 from .sampler import EpochSampler

@@ -1,0 +1,133 @@
+"""Checkpoints: atomic writes, and loading that checks model name and class count.
+
+Shared by training and inference (``live``, ``serve``, ``export``, ``evaluation``), so none of those
+imports the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import models
+from .transforms import Preprocess
+
+FORMAT = "emolens-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: the message names the file and the mismatch."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill mid-write never leaves a broken file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def model_payload(
+    model: nn.Module, name: str, classes: list[str] | tuple[str, ...], pre: Preprocess, **extra: Any
+) -> dict:
+    """The inference part of a checkpoint: enough to rebuild and run the model anywhere."""
+    state = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    return {
+        "format": FORMAT,
+        "model": name,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "preprocess": pre.to_dict(),
+        "state_dict": state,
+        **extra,
+    }
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_classes: int | None = None) -> dict:
+    """Read a checkpoint written by emolens and check it matches what the caller expects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' format tag)")
+    if expect_model and ckpt["model"] != expect_model:
+        raise CheckpointError(f"{path}: checkpoint is for model {ckpt['model']!r}, not {expect_model!r}")
+    if expect_classes and ckpt["num_classes"] != expect_classes:
+        raise CheckpointError(f"{path}: checkpoint has {ckpt['num_classes']} classes, expected {expect_classes}")
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[nn.Module, Preprocess]:
+    """Rebuild the model of a loaded checkpoint, in eval mode, with its preprocessing."""
+    pre = Preprocess.from_dict(ckpt["preprocess"])
+    model = models.create(
+        ckpt["model"], num_classes=ckpt["num_classes"], in_channels=pre.channels, image_size=pre.image_size
+    )
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not fit model {ckpt['model']!r}: {str(e)[:300]}") from None
+    return model.eval(), pre
+
+
+def train_counts(ckpt: dict) -> np.ndarray:
+    """Class counts of the checkpoint's training split: stored in it, or re-counted from its config."""
+    if "train_counts" in ckpt:
+        return np.asarray(ckpt["train_counts"], float)
+    from .data import dataset_samples, parse_data_spec
+
+    cfg = ckpt.get("config") or {}
+    if not cfg.get("root"):
+        raise CheckpointError("checkpoint has neither train_counts nor a training config to count classes from")
+    specs = [(cfg["dataset"], cfg["root"], 1), *(parse_data_spec(s) for s in cfg.get("extra_data") or [])]
+    classes = list(ckpt["classes"])
+    counts = np.zeros(len(classes), float)
+    for kind, root, repeat in specs:
+        samples, cls = dataset_samples(kind, root, "train", cfg.get("protocol", "paper"), cfg.get("seed", 0))
+        for s in samples:
+            if cls[s.label] in classes:
+                counts[classes.index(cls[s.label])] += repeat
+    return counts
+
+
+def ensemble_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint of model ``<model>_x<K>`` (an :class:`~emolens.models.Ensemble`) of K runs of ``<model>``.
+
+    All must share model, classes and preprocessing. ``train_counts`` becomes the mean of the members'
+    class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then uses.
+    """
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    name = f"{first['model']}_x{len(ckpts)}"
+    for p, c in zip(paths, ckpts, strict=True):
+        for key in ("model", "classes", "preprocess"):
+            if c[key] != first[key]:
+                raise CheckpointError(f"{p}: {key} {c[key]!r} differs from {paths[0]}'s {first[key]!r}")
+    state = {f"members.{k}.{n}": v for k, c in enumerate(ckpts) for n, v in c["state_dict"].items()}
+    state["logit_bias"] = torch.zeros(first["num_classes"])
+    counts = [train_counts(c) for c in ckpts]
+    size = sum(c.sum() for c in counts) / len(counts)
+    prior = sum(c / c.sum() for c in counts) / len(counts) * size
+    payload = {
+        **first,
+        "model": name,
+        "state_dict": state,
+        "members": [str(p) for p in paths],
+        "train_counts": prior.tolist(),
+    }
+    for key in ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config"):
+        payload.pop(key, None)
+    return payload
