@@ -163,7 +163,7 @@ def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str)
         preds = []
         for rec in predict_images(pipe, paths, whole_image=v.get("whole", False), progress=False):
             faces = rec["faces"]
-            best = max(faces, key=lambda f: f["box"][2] * f["box"][3]) if faces else None
+            best = max(faces, key=lambda f: f["box"]["w"] * f["box"]["h"]) if faces else None
             preds.append(None if best is None else classes.index(best["label"]))
         rows.append({"variant": name, **score(labels, preds, classes)})
 

@@ -1,6 +1,98 @@
-"""emolens: recognise emotions from facial expressions in images, video and webcams."""
+"""emolens: recognise emotions from facial expressions in images, video and webcams.
+
+>>> import emolens
+>>> faces = emolens.predict("photo.jpg")              # doctest: +SKIP
+>>> [(f.label, round(f.confidence, 2)) for f in faces]  # doctest: +SKIP
+[('happiness', 0.93)]
+
+Everything heavy (PyTorch, OpenCV) is imported on first use, so ``import emolens`` is instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .labels import CLASSES, CLASSES_7
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .live.pipeline import FaceResult, FrameResult, Pipeline
+
 __version__ = "0.1.0"
-__all__ = ["CLASSES", "CLASSES_7", "__version__"]
+__all__ = ["CLASSES", "CLASSES_7", "__version__", "load_model", "predict", "stream"]
+
+_default: Pipeline | None = None
+
+
+def load_model(
+    checkpoint: str | Path | None = None,
+    detector: str = "auto",
+    detector_model: str | Path | None = None,
+    margin: float = 0.0,
+    align: bool = False,
+    smooth: str = "ema",
+) -> Pipeline:
+    """A ready :class:`~emolens.live.pipeline.Pipeline`: the bundled model (or ``checkpoint``) behind a
+    face detector (``auto``: YuNet if available, else Haar), with the CLI's defaults."""
+    from .live.classifier import EmotionClassifier
+    from .live.detectors import create_detector
+    from .live.pipeline import Pipeline
+    from .live.smoothing import Smoother
+
+    return Pipeline(
+        EmotionClassifier(checkpoint),
+        create_detector(detector, model=str(detector_model) if detector_model else None),
+        Smoother(smooth),
+        margin=margin,
+        align=align,
+    )
+
+
+def _pipeline(model: Pipeline | None) -> Pipeline:
+    global _default
+    if model is not None:
+        return model
+    if _default is None:
+        _default = load_model()
+    return _default
+
+
+def predict(
+    image: str | Path | np.ndarray | Any, model: Pipeline | None = None, whole_image: bool = False
+) -> list[FaceResult]:
+    """Every face in one image: a file path, or a uint8 array (OpenCV BGR, or grey).
+
+    Each call is independent of earlier ones (no tracking or smoothing across calls). ``whole_image``
+    treats the image as one face crop. ``model`` is a pipeline from :func:`load_model` (default: the
+    bundled model, created once).
+    """
+    import numpy as np
+
+    from .data.base import DataError, to_uint8_channels
+    from .live.detectors import Face
+    from .live.images import read_bgr
+
+    pipe = _pipeline(model)
+    if isinstance(image, (str, Path)):
+        frame = read_bgr(Path(image))
+    elif isinstance(image, np.ndarray):
+        frame = to_uint8_channels(image, 3, source="array", bgr=True)[:, :, ::-1].copy()  # -> BGR
+    else:
+        raise DataError(f"predict takes a file path or a numpy array, not {type(image).__name__}")
+    pipe.reset()
+    faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
+    results = pipe.process(frame, 0, faces=faces, exact=whole_image)
+    pipe.reset()
+    return results
+
+
+def stream(
+    source: str | int, model: Pipeline | None = None, every: int = 1, max_frames: int | None = None
+) -> Iterator[FrameResult]:
+    """Per-frame results (:class:`~emolens.live.pipeline.FrameResult`) of a video file, camera index,
+    stream URL or ``"screen"``, tracked and smoothed, as they are made."""
+    pipe = model if model is not None else load_model()
+    return pipe.stream(source, every=every, max_frames=max_frames)

@@ -126,7 +126,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
             for r in records:
                 for k, face in enumerate(r["faces"]):
                     w.writerow(
-                        [r["file"], k, *face["box"], face["label"], face["confidence"], *face["probs"].values(), ""]
+                        [
+                            r["file"],
+                            k,
+                            *face["box"].values(),
+                            face["label"],
+                            face["confidence"],
+                            *face["probs"].values(),
+                            "",
+                        ]
                     )
                 if "error" in r:
                     w.writerow([r["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), r["error"]])

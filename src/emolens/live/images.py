@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..data.base import IMAGE_EXT, DataError, read_image
 from .detectors import Face
-from .pipeline import FaceResult, Pipeline
+from .pipeline import Pipeline
 from .render import draw_faces
 
 log = logging.getLogger(__name__)
@@ -73,15 +73,5 @@ def predict_images(
             "file": str(path),
             "width": frame.shape[1],
             "height": frame.shape[0],
-            "faces": [_face_record(r, pipeline.classes) for r in results],
+            "faces": [r.to_record(track=False) for r in results],
         }
-
-
-def _face_record(r: FaceResult, classes: list[str]) -> dict:
-    return {
-        "box": [round(float(v), 1) for v in r.box],
-        "det_score": round(r.det_score, 4),
-        "label": r.label,
-        "confidence": round(r.confidence, 5),
-        "probs": {c: round(float(p), 5) for c, p in zip(classes, r.probs, strict=True)},
-    }

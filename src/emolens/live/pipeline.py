@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FaceResult:
-    """One face in one frame: box (x, y, w, h), track ID, smoothed probabilities and label."""
+    """One face in one frame: box, track ID, smoothed probabilities and label.
+
+    ``box`` is ``(x, y, w, h)`` in pixels of the frame, clipped to it; records (:meth:`to_record`, the
+    JSON of ``emolens predict``, the HTTP API) write it as ``{"x", "y", "w", "h"}``, CSV rows as
+    columns ``x, y, w, h``.
+    """
 
     box: np.ndarray
     track_id: int
@@ -37,6 +42,45 @@ class FaceResult:
     confidence: float
     det_score: float = 1.0
     raw_probs: np.ndarray | None = field(default=None, repr=False)
+    classes: tuple[str, ...] = field(default=(), repr=False)
+
+    def to_record(self, track: bool = True) -> dict:
+        """Plain JSON-able dict: box, track_id (``None`` unless ``track``), det_score, label, confidence, probs."""
+        return {
+            "box": dict(zip("xywh", (round(float(v), 1) for v in self.box), strict=True)),
+            "track_id": self.track_id if track else None,
+            "det_score": round(float(self.det_score), 4),
+            "label": self.label,
+            "confidence": round(float(self.confidence), 5),
+            "probs": {c: round(float(p), 5) for c, p in zip(self.classes, self.probs, strict=True)},
+        }
+
+    def to_json(self, track: bool = True) -> str:
+        import json
+
+        return json.dumps(self.to_record(track))
+
+
+def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``(x, y, w, h)`` cut to the part inside a ``width`` x ``height`` frame."""
+    x, y, w, h = (float(v) for v in box)
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, x0), width), min(max(y + h, y0), height)
+    return np.array([x0, y0, x1 - x0, y1 - y0], np.float32)
+
+
+@dataclass
+class FrameResult:
+    """One frame of a stream: its index, time (s), the BGR frame itself and its faces.
+
+    ``fresh`` is False for frames skipped by ``every`` (their ``faces`` are the last classified ones).
+    """
+
+    index: int
+    time_s: float
+    frame: np.ndarray = field(repr=False)
+    faces: list[FaceResult]
+    fresh: bool = True
 
 
 class StageTimer:
@@ -108,15 +152,42 @@ class Pipeline:
         ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
         self.smoother.drop(dropped)
         out = []
+        H, W = frame.shape[:2]
+        classes = tuple(self.classes)
         for f, p, tid in zip(faces, probs, ids, strict=True):
             sp = self.smoother.update(tid, p)
             k = int(np.argmax(sp))
-            out.append(FaceResult(f.box, tid, sp, self.classes[k], float(sp[k]), f.score, p))
+            out.append(FaceResult(clip_box(f.box, W, H), tid, sp, classes[k], float(sp[k]), f.score, p, classes))
         t3 = time.perf_counter()
         self.timer.add("detect", t1 - t)
         self.timer.add("classify", t2 - t1)
         self.timer.add("track", t3 - t2)
         return out
+
+    def stream(self, source: str | int, every: int = 1, max_frames: int | None = None) -> Iterator[FrameResult]:
+        """Per-frame results of a video file, camera index, stream URL or ``"screen"``, as they are made.
+
+        Tracking and smoothing start fresh for each stream. ``every`` classifies every Nth frame of a
+        file (the frames in between repeat the last faces, ``fresh=False``). Closing the generator (or
+        breaking out of the loop) releases the source.
+        """
+        src = FrameSource(source, max_frames=max_frames)
+        try:
+            yield from self._frames(src, every)
+        finally:
+            src.release()
+
+    def _frames(self, src: FrameSource, every: int) -> Iterator[FrameResult]:
+        self.reset()
+        last: list[FaceResult] = []
+        t_prev = time.perf_counter()
+        for i, ts, frame in src:
+            self.timer.add("decode", time.perf_counter() - t_prev)
+            fresh = i % every == 0 or src.live
+            if fresh:
+                last = self.process(frame, i)
+            yield FrameResult(i, ts, frame, last, fresh)
+            t_prev = time.perf_counter()
 
     def run(
         self,
@@ -133,9 +204,9 @@ class Pipeline:
     ) -> dict:
         """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
 
-        ``on_frame(frames_done, frames_expected)`` is called after each frame (progress reporting).
-        Rows are flushed every frame and the video writer is released on any error, so work done
-        before a failure is kept. Returns the summary dict (also written as ``summary.json``).
+        Built on :meth:`stream`. ``on_frame(frames_done, frames_expected)`` is called after each frame
+        (progress reporting). Rows are flushed every frame and the video writer is released on any error,
+        so work done before a failure is kept. Returns the summary dict (also written as ``summary.json``).
         """
         src = FrameSource(source, max_frames=max_frames)
         self.timer = StageTimer()  # stage timings of this run only
@@ -145,25 +216,23 @@ class Pipeline:
         window = "emolens" if show and _has_display() else None
         if show and window is None:
             log.warning("no display available: --show ignored, writing files only")
-        last: list[FaceResult] = []
         t_start, n = time.perf_counter(), 0
-        t_prev = t_start
         total = src.expected_frames if not src.live else None
         if max_frames and total:
             total = min(total, max_frames)
         try:
-            for i, ts, frame in tqdm(src, total=total, desc=f"live {src.spec}", disable=not progress, unit="frame"):
+            frames = tqdm(self._frames(src, every), total=total, desc=f"live {src.spec}", disable=not progress)
+            for fr in frames:
                 t0 = time.perf_counter()
-                self.timer.add("decode", t0 - t_prev)
-                if i % every == 0 or src.live:
-                    last = self.process(frame, i)
+                if fr.fresh:
                     if writer:
-                        writer.write(i, ts, last, src.spec)
-                    summary.add(ts, last)
+                        writer.write(fr.index, fr.time_s, fr.faces, src.spec)
+                    summary.add(fr.time_s, fr.faces)
                 n += 1
+                frame = fr.frame
                 if output or window:
                     t1 = time.perf_counter()
-                    draw_faces(frame, last, self.classes, bars=bars)
+                    draw_faces(frame, fr.faces, self.classes, bars=bars)
                     draw_fps(frame, n / max(time.perf_counter() - t_start, 1e-6))
                     self.timer.add("draw", time.perf_counter() - t1)
                 if output:
@@ -178,8 +247,7 @@ class Pipeline:
                     cv2.imshow(window, frame)
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
-                t_prev = time.perf_counter()
-                self.timer.add("loop", t_prev - t0)
+                self.timer.add("loop", time.perf_counter() - t0)
                 if on_frame is not None:
                     on_frame(n, total)
         finally:

@@ -99,18 +99,8 @@ class ModelInfo(BaseModel):
     limits: dict
 
 
-def _faces_out(results: list[FaceResult], classes: list[str], with_track: bool) -> list[dict]:
-    return [
-        {
-            "box": dict(zip("xywh", (round(float(v), 1) for v in r.box), strict=True)),
-            "track_id": r.track_id if with_track else None,
-            "det_score": round(r.det_score, 4),
-            "label": r.label,
-            "confidence": round(r.confidence, 5),
-            "probs": {c: round(float(p), 5) for c, p in zip(classes, r.probs, strict=True)},
-        }
-        for r in results
-    ]
+def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
+    return [r.to_record(track=with_track) for r in results]
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -216,7 +206,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             results = await asyncio.wait_for(asyncio.to_thread(work), s.request_timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
-        return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, classes, False)}
+        return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, False)}
 
     @app.post("/v1/video", status_code=202, response_model=JobOut, responses={400: {}, 413: {}, 415: {}, 429: {}})
     async def submit_video(file: UploadFile = File(...)) -> dict:
@@ -293,7 +283,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                             "frame": frame_no,
                             "width": img.shape[1],
                             "height": img.shape[0],
-                            "faces": _faces_out(results, classes, True),
+                            "faces": _faces_out(results, True),
                         }
                     )
                 )
