@@ -1,6 +1,7 @@
 """HTTP API tests against the real app (FastAPI TestClient)."""
 
 import json
+import os
 import time
 
 import cv2
@@ -33,7 +34,7 @@ def _jpeg(img) -> bytes:
 
 
 def test_health_and_model(client):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "pid": os.getpid()}
     m = client.get("/v1/model").json()
     assert m["classes"][1] == "happiness" and m["detector"] == "haar" and m["limits"]["max_image_mb"] == 1.0
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
@@ -152,3 +153,50 @@ def test_video_job_time_limit(tmp_path):
             time.sleep(0.05)
         assert st["status"] == "failed" and "0 s limit" in st["error"]
         assert c.get(f"/v1/video/{job}/results.csv").status_code == 409
+
+
+def test_serve_workers_runs_n_processes_that_share_jobs(tmp_path):
+    """`emolens serve --workers 2` really starts two processes; a video job is visible from both."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from emolens.live.synthetic import sample_video
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--workers", "2", "--detector", "haar"]
+    proc = subprocess.Popen([*cmd, "--data-dir", str(tmp_path / "d")], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        pids: set[int] = set()
+        deadline = time.time() + 90
+        while time.time() < deadline and len(pids) < 2:
+            try:
+                with httpx.Client() as c:  # a new connection each time, so the kernel spreads them
+                    pids.add(c.get(f"{url}/healthz", timeout=5).json()["pid"])
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert len(pids) == 2 and proc.pid not in pids
+        with open(sample_video(), "rb") as f:
+            job = httpx.post(f"{url}/v1/video", files={"file": ("a.mp4", f, "video/mp4")}, timeout=30).json()
+        seen = set()
+        while time.time() < deadline + 60:
+            with httpx.Client() as c:
+                st = c.get(f"{url}/v1/video/{job['id']}", timeout=5)
+            assert st.status_code == 200, st.text  # whichever worker answers knows the job
+            seen.add(st.json()["status"])
+            if st.json()["status"] in ("done", "failed"):
+                break
+            time.sleep(0.3)
+        assert st.json()["status"] == "done", st.json()
+        for _ in range(4):
+            with httpx.Client() as c:
+                assert c.get(f"{url}/v1/video/{job['id']}/results.csv", timeout=5).text.startswith("frame,")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -190,6 +190,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         import uvicorn
 
         from .serve import ServeSettings, create_app
+        from .serve.app import settings_env
     except ImportError as e:
         raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
     settings = ServeSettings(
@@ -205,7 +206,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
         settings.data_dir = a.data_dir
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {a.host}: anyone who can reach this address can use the API", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=a.host, port=a.port, workers=1, log_level="info")
+    if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
+        import os
+
+        os.environ.update(settings_env(settings))
+        uvicorn.run(
+            "emolens.serve.app:app_from_env",
+            factory=True,
+            host=a.host,
+            port=a.port,
+            workers=a.workers,
+            log_level="info",
+        )
+    else:
+        uvicorn.run(create_app(settings), host=a.host, port=a.port, log_level="info")
     return 0
 
 

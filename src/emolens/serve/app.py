@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -145,9 +146,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         video = next(folder.glob("input.*"))
         deadline = time.monotonic() + s.job_timeout_s
 
+        saved = [0.0]
+
         def on_frame(done: int, total: int | None) -> None:
             job.frames_done, job.frames_total = done, total
             job.progress = min(0.99, done / total) if total else 0.0
+            if time.monotonic() - saved[0] > 0.5:  # progress visible to the other worker processes
+                saved[0] = time.monotonic()
+                jobs.save(job)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"video processing passed the {s.job_timeout_s:g} s limit")
 
@@ -171,7 +177,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/v1/model", response_model=ModelInfo)
     def model_info() -> dict:
@@ -298,10 +304,22 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
+def settings_env(s: ServeSettings) -> dict[str, str]:
+    """``s`` as the ``EMOLENS_SERVE_*`` variables that :func:`app_from_env` reads back."""
+    env = {
+        "EMOLENS_SERVE_DATA_DIR": str(s.data_dir),
+        "EMOLENS_SERVE_CHECKPOINT": s.checkpoint or "",
+        "EMOLENS_SERVE_DETECTOR": s.detector,
+        "EMOLENS_SERVE_DETECTOR_MODEL": s.detector_model or "",
+        "EMOLENS_SERVE_MAX_QUEUED_JOBS": str(s.max_queued_jobs),
+    }
+    for key in ("max_image_mb", "max_video_mb", "request_timeout_s"):
+        env[f"EMOLENS_SERVE_{key.upper()}"] = repr(getattr(s, key))
+    return env
+
+
 def app_from_env() -> FastAPI:
     """App factory for multi-worker uvicorn (``--factory``): settings from ``EMOLENS_SERVE_*`` variables."""
-    import os
-
     s = ServeSettings()
     env = os.environ
     if env.get("EMOLENS_SERVE_DATA_DIR"):

@@ -35,6 +35,10 @@ class Job:
         d["progress"] = round(d["progress"], 4)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Job:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
 
 def valid_job_id(job_id: str) -> bool:
     """Only canonical UUID4 hex strings name jobs, so a job ID can never walk out of the jobs folder."""
@@ -45,7 +49,11 @@ def valid_job_id(job_id: str) -> bool:
 
 
 class JobQueue:
-    """One worker thread and at most ``max_queued`` waiting jobs; ``process`` enforces its own time limit."""
+    """One worker thread and at most ``max_queued`` waiting jobs; ``process`` enforces its own time limit.
+
+    Each job's state is also written to ``<job folder>/job.json`` as it changes, so every server worker
+    process (``emolens serve --workers N``) can answer for a job another one runs.
+    """
 
     def __init__(self, root: Path, process: Callable[[Job, Path], dict], max_queued: int = 4) -> None:
         self.root = root / "jobs"
@@ -73,11 +81,25 @@ class JobQueue:
         except queue.Full:
             raise QueueFull(f"{self._q.maxsize} video jobs already waiting; try again later") from None
         self.jobs[job.id] = job
+        self.save(job)
+
+    def save(self, job: Job) -> None:
+        """Write the job's state to its folder atomically (read by the other worker processes)."""
+        d = self.root / job.id
+        if d.is_dir():
+            tmp = d / f".job.json.{threading.get_ident()}"
+            tmp.write_text(json.dumps(job.public()))
+            tmp.replace(d / "job.json")
 
     def get(self, job_id: str) -> Job:
-        if not valid_job_id(job_id) or job_id not in self.jobs:
+        if not valid_job_id(job_id):
             raise KeyError(job_id)
-        return self.jobs[job_id]
+        if job_id in self.jobs:
+            return self.jobs[job_id]
+        state = self.root / job_id / "job.json"  # a job of another worker process
+        if not state.is_file():
+            raise KeyError(job_id)
+        return Job.from_dict(json.loads(state.read_text()))
 
     def _run(self) -> None:
         while True:
@@ -85,11 +107,13 @@ class JobQueue:
             if job is None:
                 continue
             job.status = "running"
+            self.save(job)
             d = self.root / job.id
             try:
                 job.summary = self.process(job, d)
-                job.status, job.progress = "done", 1.0
                 (d / "summary.json").write_text(json.dumps(job.summary, indent=1))
+                job.status, job.progress = "done", 1.0
             except Exception as e:  # noqa: BLE001 - any failure is reported on the job
                 log.warning("job %s failed: %s", job.id, e)
                 job.status, job.error = "failed", str(e)
+            self.save(job)
