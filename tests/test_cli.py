@@ -112,3 +112,61 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
 def test_bad_input_exits_2_with_named_error(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--root", "x", "--model", "nope", "--out", "{tmp}/r"], "unknown model 'nope'"),
+        (["train", "--root", "{tmp}", "--dataset", "nope", "--out", "{tmp}/r2"], "unknown dataset kind 'nope'"),
+        (["train", "--root", "x", "--optimizer", "adam", "--out", "{tmp}/r3"], "optimizer='adam'"),
+        (["train", "--out", "{tmp}/r4"], "--root is required"),
+        (["evaluate", "--dataset", "folder", "--root", "{tmp}/none"], "dataset root not found"),
+        (["predict", "{tmp}/missing.jpg"], "no such file or folder"),
+        (["live", "--source", "0", "--detector", "yunet", "--detector-model", "{tmp}/no.onnx"], "no.onnx"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"emolens {args[0]}: error: ") and message in err[0], err
+
+
+def test_offline_yunet_error_says_how_to_use_a_local_file(tmp_path, monkeypatch):
+    from emolens.live.detectors import yunet_model_path
+
+    monkeypatch.delenv("EMOLENS_YUNET", raising=False)
+    with pytest.raises(RuntimeError, match=r"\$EMOLENS_YUNET"):
+        yunet_model_path(cache_dir=tmp_path, url=(tmp_path / "nowhere.onnx").as_uri())
+
+
+def test_resume_reads_the_run_config_and_evaluate_defaults_to_the_bundled_model(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", per_class=12, size=32, split_dirs=True)
+    run = tmp_path / "run"
+    common = ["--model", "fernet_tiny", "--image-size", "32", "--workers", "0", "--no-progress", "--no-cache"]
+    assert main(["train", "--root", str(root), "--dataset", "folder", "--epochs", "1", "--out", str(run), *common]) == 0
+    # continue the run to 2 epochs without repeating --root/--dataset/--model: they come from RUN/config.json
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2"]) == 0
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    capsys.readouterr()
+    assert main(["evaluate", "--dataset", "folder", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("fernet on folder/test")
+
+
+def test_align_with_haar_warns(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.jpg"), sample_face())
+    assert main(["predict", str(tmp_path / "a.jpg"), "--detector", "haar", "--align", "-q"]) == 0
+    assert "--align needs YuNet" in capsys.readouterr().err
+
+
+def test_label_of_a_box_at_the_top_edge_stays_inside_its_box():
+    import numpy as np
+
+    from emolens.live.pipeline import FaceResult
+    from emolens.live.render import draw_faces
+
+    frame = np.zeros((400, 200, 3), np.uint8)
+    r = FaceResult(np.array([20, 0, 150, 150], np.float32), 1, np.eye(8)[1], "happiness", 0.9)
+    draw_faces(frame, [r], [str(i) for i in range(8)])
+    painted_rows = np.nonzero(frame[:, 30:160].max(axis=(1, 2)) > 0)[0]
+    assert painted_rows.max() <= 150 + 4  # nothing drawn below the box, where another face may be

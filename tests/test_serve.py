@@ -53,6 +53,8 @@ def test_predict_sample_face(client):
     "files,status,detail",
     [
         ({"file": ("a.txt", b"hello", "text/plain")}, 415, "unsupported type"),
+        ({"file": ("a.txt", b"hello", "application/octet-stream")}, 415, "unsupported type"),
+        ({"file": ("a.jpg", b"hello", "application/octet-stream")}, 400, "not a readable image"),
         ({"file": ("a.jpg", b"not really a jpeg", "image/jpeg")}, 400, "not a readable image"),
         ({"file": ("a.jpg", b"", "image/jpeg")}, 400, "empty upload"),
         ({"file": ("a.jpg", b"\xff" * (2 * 2**20), "image/jpeg")}, 413, "1 MB limit"),
@@ -61,6 +63,22 @@ def test_predict_sample_face(client):
 def test_predict_bad_uploads(client, files, status, detail):
     r = client.post("/v1/predict", files=files)
     assert r.status_code == status and detail in r.json()["detail"]
+
+
+def test_uploads_with_a_generic_type_are_taken_by_extension(client, tmp_path):
+    """curl -F file=@x sends application/octet-stream: the extension decides, the bytes are still checked."""
+    r = client.post("/v1/predict", files={"file": ("a.jpg", _jpeg(sample_face()), "application/octet-stream")})
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1
+    clip = sample_video(tmp_path / "c.mp4", n_frames=5)
+    r = client.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "application/octet-stream")})
+    assert r.status_code == 202
+    r2 = client.post("/v1/video", files={"file": ("c.mp4", b"not a video", "application/octet-stream")})
+    assert r2.status_code == 400
+    for _ in range(300):  # let the job finish before the app goes away
+        if client.get(f"/v1/video/{r.json()['id']}").json()["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert client.get(f"/v1/video/{r.json()['id']}").json()["status"] == "done"
 
 
 def test_predict_without_file_is_422(client):

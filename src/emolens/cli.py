@@ -26,15 +26,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .training import TrainConfig, train
 
-    cfg = TrainConfig.load(a.config) if a.config else TrainConfig()
+    config = a.config
+    if not config and a.resume and a.out and (Path(a.out) / "config.json").is_file():
+        config = Path(a.out) / "config.json"  # --resume --out RUN continues RUN with its own settings
+    cfg = TrainConfig.load(config) if config else TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         v = getattr(a, f.name)
         if v is not None:
             setattr(cfg, f.name, v)
     if not cfg.root:
-        raise SystemExit("emolens train: --root is required (the dataset folder)")
+        raise ValueError("--root is required (the dataset folder)")
     out = train(cfg, resume=a.resume)
     print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
     return 0
@@ -42,9 +47,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
+    from .live.classifier import default_checkpoint
 
     m = evaluate(
-        a.checkpoint,
+        a.checkpoint or default_checkpoint(),
         a.dataset,
         a.root,
         split=a.split,
@@ -95,6 +101,10 @@ def _pipeline(a: argparse.Namespace):
 
     clf = EmotionClassifier(a.checkpoint, backend="onnx" if a.onnx else "torch", onnx_path=a.onnx)
     det = create_detector(a.detector, model=a.detector_model)
+    if a.align and det.name != "yunet":
+        print(
+            f"emolens {a.command}: warning: --align needs YuNet's eye landmarks; {det.name} has none", file=sys.stderr
+        )
     return Pipeline(clf, det, Smoother(a.smooth, alpha=a.alpha, window=a.window), margin=a.margin, align=a.align)
 
 
@@ -176,6 +186,12 @@ def cmd_live(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
     from .live.classifier import default_checkpoint
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"export needs the onnx extras: pip install 'emolens[onnx]' ({e})") from None
 
     info = export_onnx(a.checkpoint or default_checkpoint(), a.output, opset=a.opset)
     print(
@@ -270,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
-    e.add_argument("checkpoint")
-    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | folder")
+    e.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
+    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | ckplus | sfew | folder")
     e.add_argument("--root", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
@@ -361,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return a.func(a)
-    except (DataError, CheckpointError, SourceError, FileNotFoundError, OSError) as e:
+    except (DataError, CheckpointError, SourceError, ValueError, RuntimeError, ImportError, OSError) as e:
+        # user errors (bad values, files, offline downloads, missing extras): one line; -v shows the traceback
+        if a.verbose:
+            raise
         print(f"emolens {a.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -135,7 +135,7 @@ def yunet_model_path(
         tmp.unlink(missing_ok=True)
         raise RuntimeError(
             f"could not download the YuNet model from {url} ({e}); download it yourself and pass "
-            f"--detector-model PATH, or use --detector haar"
+            f"--detector-model PATH (or set $EMOLENS_YUNET to it), or use --detector haar"
         ) from None
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     if digest != sha256:

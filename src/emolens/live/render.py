@@ -31,7 +31,8 @@ def draw_faces(frame: np.ndarray, results: Sequence, classes: Sequence[str], bar
         cv2.rectangle(frame, (x, y), (x + w, y + h), colour, 2 * thick)
         text = f"#{r.track_id} {r.label} {100 * r.confidence:.0f}%"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y - 4 if y - th - base - 4 > 0 else y + h + th + 4
+        # above the box; at the top edge inside it (below it would cover the face underneath)
+        ty = y - 4 if y - th - base - 4 > 0 else y + th + 2 * thick + 2
         tx = max(0, min(x, W - tw - 4))  # keep the label inside the frame
         cv2.rectangle(frame, (tx, ty - th - base), (tx + tw + 4, ty + base), colour, -1)
         cv2.putText(frame, text, (tx + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)

@@ -41,6 +41,28 @@ VIDEO_EXT = {
 }
 
 
+GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+IMAGE_EXT = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
+
+
+def _media_type(upload: UploadFile, allowed: set[str], by_ext: dict[str, str]) -> str:
+    """The upload's type; a generic one (curl's default ``application/octet-stream``) is taken from the file
+    name's extension. The bytes are decoded afterwards, so a wrong guess is still rejected (400)."""
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype in allowed:
+        return ctype
+    guess = by_ext.get(Path(upload.filename or "").suffix.lower())
+    if ctype in GENERIC_TYPES and guess:
+        return guess
+    raise HTTPException(415, f"unsupported type {upload.content_type!r}; send one of {sorted(allowed)}")
+
+
 @dataclass
 class ServeSettings:
     """Limits and locations. Nothing is written outside ``data_dir``."""
@@ -199,8 +221,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/v1/predict", response_model=PredictOut, responses={400: {}, 413: {}, 415: {}, 504: {}})
     async def predict(file: UploadFile = File(...)) -> dict:
         """Every face in an uploaded image: box, label, confidence and all class probabilities."""
-        if file.content_type not in IMAGE_TYPES:
-            raise HTTPException(415, f"unsupported type {file.content_type!r}; send one of {sorted(IMAGE_TYPES)}")
+        _media_type(file, IMAGE_TYPES, IMAGE_EXT)
         data = await _read_limited(file, s.max_image_mb)
         img = _decode_image(data, s.max_image_side)
 
@@ -217,10 +238,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.post("/v1/video", status_code=202, response_model=JobOut, responses={400: {}, 413: {}, 415: {}, 429: {}})
     async def submit_video(file: UploadFile = File(...)) -> dict:
         """Queue a video; poll ``GET /v1/video/{id}`` for progress, then download the results."""
-        if file.content_type not in VIDEO_TYPES:
-            raise HTTPException(415, f"unsupported type {file.content_type!r}; send one of {sorted(VIDEO_TYPES)}")
+        ctype = _media_type(file, VIDEO_TYPES, {ext: t for t, ext in VIDEO_EXT.items()})
         job, folder = jobs.new_job_dir()
-        target = folder / ("input" + VIDEO_EXT[file.content_type])
+        target = folder / ("input" + VIDEO_EXT[ctype])
         try:
             with open(target, "wb") as f:
                 await _read_limited(file, s.max_video_mb, dest=f)
