@@ -48,7 +48,9 @@ def clear_faces(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
     return picks
 
 
-def run_one(detector: str, n_faces: int, frames: int, checkpoint: str | None, yunet: str, margin: float) -> dict:
+def run_one(
+    detector: str, n_faces: int, frames: int, checkpoint: str | None, yunet: str, margin: float, threads: int
+) -> dict:
     from emolens.live.classifier import EmotionClassifier
     from emolens.live.detectors import create_detector
     from emolens.live.pipeline import Pipeline
@@ -59,7 +61,9 @@ def run_one(detector: str, n_faces: int, frames: int, checkpoint: str | None, yu
     clip = tmp / "in.avi"
     truth = make_clip([f for f, _ in faces], clip, n_frames=frames)
     labels = [y for _, y in faces]
-    clf = EmotionClassifier(checkpoint)
+    from emolens.live.classifier import default_threads
+
+    clf = EmotionClassifier(checkpoint, threads=threads or default_threads())
     direct = clf.predict(np.stack([f for f, _ in faces])).argmax(1)  # the same faces, no detector, no resize
     direct_acc = float(np.mean([clf.classes[p] == y for p, y in zip(direct, labels, strict=True)]))
     pipe = Pipeline(clf, create_detector(detector, model=yunet), margin=margin)
@@ -100,6 +104,7 @@ def run_one(detector: str, n_faces: int, frames: int, checkpoint: str | None, yu
         "false_pos_per_frame": false_pos / max(len(truth), 1),
         "accuracy_direct": direct_acc,
         "margin": margin,
+        "torch_threads": __import__("torch").get_num_threads(),
         "accuracy_in_loop": correct / max(hit, 1),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -112,17 +117,20 @@ def main() -> None:
     ap.add_argument("--detectors", default="haar,yunet")
     ap.add_argument("--faces", default="1,3,8")
     ap.add_argument("--margin", type=float, default=0.0, help="face-box margin per side (as the CLI's --margin)")
+    ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI default, half the cores)")
+    ap.add_argument("--name", default="live_speed", help="results/<name>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     yunet = str(shared("models/face_detection_yunet_2026may.onnx"))
     if a.one:
         d, n = a.one.split(":")
-        print(json.dumps(run_one(d, int(n), a.frames, a.checkpoint, yunet, a.margin)))
+        print(json.dumps(run_one(d, int(n), a.frames, a.checkpoint, yunet, a.margin, a.threads)))
         return
     rows = []
     for d in a.detectors.split(","):
         for n in map(int, a.faces.split(",")):
             cmd = [sys.executable, __file__, "--one", f"{d}:{n}", "--frames", str(a.frames), "--margin", str(a.margin)]
+            cmd += ["--threads", str(a.threads)]
             if a.checkpoint:
                 cmd += ["--checkpoint", a.checkpoint]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -144,12 +152,19 @@ def main() -> None:
             "false_pos_per_frame",
             "accuracy_in_loop",
             "accuracy_direct",
+            "torch_threads",
             "peak_rss_mb",
         ],
     )
     save(
-        "live_speed" if a.margin == 0.0 else f"live_speed_margin{a.margin:g}",
-        {"margin": a.margin, "frames": a.frames, "video": "640x480 synthetic, clear FER+ test faces", "rows": rows},
+        a.name,
+        {
+            "command": " ".join(sys.argv),
+            "margin": a.margin,
+            "frames": a.frames,
+            "video": "640x480 synthetic, clear FER+ test faces",
+            "rows": rows,
+        },
     )
 
 

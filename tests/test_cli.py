@@ -170,3 +170,18 @@ def test_label_of_a_box_at_the_top_edge_stays_inside_its_box():
     draw_faces(frame, [r], [str(i) for i in range(8)])
     painted_rows = np.nonzero(frame[:, 30:160].max(axis=(1, 2)) > 0)[0]
     assert painted_rows.max() <= 150 + 4  # nothing drawn below the box, where another face may be
+
+
+def test_threads_and_device_flags(tmp_path, capsys):
+    import torch
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), sample_face())
+    before = torch.get_num_threads()
+    try:
+        assert main(["predict", str(tmp_path / "a.jpg"), "--detector", "haar", "--threads", "1", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["predict", str(tmp_path / "a.jpg"), "--detector", "haar", "--device", "tpu9", "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("emolens predict: error:") and "tpu9" in err[-1]
+    finally:
+        torch.set_num_threads(before)

@@ -34,16 +34,19 @@ def load_model(
     margin: float = 0.0,
     align: bool = False,
     smooth: str = "ema",
+    threads: int | None = None,
+    device: str = "cpu",
 ) -> Pipeline:
     """A ready :class:`~emolens.live.pipeline.Pipeline`: the bundled model (or ``checkpoint``) behind a
-    face detector (``auto``: YuNet if available, else Haar), with the CLI's defaults."""
-    from .live.classifier import EmotionClassifier
+    face detector (``auto``: YuNet if available, else Haar), with the CLI's defaults (``threads``: PyTorch
+    threads, default half the cores; ``device``: cpu, cuda or auto)."""
+    from .live.classifier import EmotionClassifier, default_threads
     from .live.detectors import create_detector
     from .live.pipeline import Pipeline
     from .live.smoothing import Smoother
 
     return Pipeline(
-        EmotionClassifier(checkpoint),
+        EmotionClassifier(checkpoint, device=device, threads=threads or default_threads()),
         create_detector(detector, model=str(detector_model) if detector_model else None),
         Smoother(smooth),
         margin=margin,

@@ -94,12 +94,18 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
 
 
 def _pipeline(a: argparse.Namespace):
-    from .live.classifier import EmotionClassifier
+    from .live.classifier import EmotionClassifier, default_threads
     from .live.detectors import create_detector
     from .live.pipeline import Pipeline
     from .live.smoothing import Smoother
 
-    clf = EmotionClassifier(a.checkpoint, backend="onnx" if a.onnx else "torch", onnx_path=a.onnx)
+    clf = EmotionClassifier(
+        a.checkpoint,
+        backend="onnx" if a.onnx else "torch",
+        onnx_path=a.onnx,
+        device=a.device,
+        threads=a.threads or default_threads(),
+    )
     det = create_detector(a.detector, model=a.detector_model)
     if a.align and det.name != "yunet":
         print(
@@ -217,6 +223,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_video_mb=a.max_video_mb,
         request_timeout_s=a.timeout,
         max_queued_jobs=a.max_jobs,
+        threads=a.threads,
+        device=a.device,
+        workers=a.workers,
     )
     if a.data_dir:
         settings.data_dir = a.data_dir
@@ -268,7 +277,18 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smooth", default="ema", choices=["ema", "window", "none"], help="temporal smoothing per face")
     p.add_argument("--alpha", type=float, default=0.35, help="EMA weight of the newest frame")
     p.add_argument("--window", type=int, default=8, help="frames averaged by --smooth window")
+    _add_runtime_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="PyTorch threads for the classifier (default 0: half the CPU cores, the rest left to OpenCV)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    _add_runtime_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
     mo = sub.add_parser("models", help="list the model registry")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -12,6 +13,19 @@ from ..checkpoint import build_from_checkpoint, load_checkpoint
 from ..transforms import Preprocess
 
 DEFAULT_WEIGHTS = "fernet_ferplus.pt"
+
+
+def default_threads() -> int:
+    """PyTorch threads for inference: half the cores (at least 1), leaving the rest to OpenCV's decoding and
+    detection; the faces of one frame are a tiny batch that more threads barely speed up."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def resolve_device(name: str = "cpu") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given (``cuda:1``, ``mps``...)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def default_checkpoint() -> Path:
@@ -34,6 +48,8 @@ class EmotionClassifier:
         device: str = "cpu",
         threads: int | None = None,
     ) -> None:
+        """``threads``: PyTorch/ONNX Runtime intra-op threads (``None`` leaves the library default; the CLI
+        and :func:`emolens.load_model` pass :func:`default_threads`). ``device``: ``cpu``, ``cuda``, ``auto``."""
         path = Path(checkpoint) if checkpoint else default_checkpoint()
         ckpt = load_checkpoint(path)
         self.checkpoint = path
@@ -41,7 +57,7 @@ class EmotionClassifier:
         self.model_name: str = ckpt["model"]
         self.preprocess: Preprocess = Preprocess.from_dict(ckpt["preprocess"])
         self.backend = backend
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         if threads:
             torch.set_num_threads(threads)
         if backend == "torch":

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..live.classifier import EmotionClassifier
+from ..live.classifier import EmotionClassifier, default_threads
 from ..live.detectors import create_detector
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.smoothing import Smoother
@@ -77,6 +77,9 @@ class ServeSettings:
     request_timeout_s: float = 20.0
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
+    threads: int = 0  # PyTorch threads per worker process (0: half the cores / workers, at least 1)
+    device: str = "cpu"
+    workers: int = 1  # worker processes sharing this machine (for the threads default)
 
 
 class Box(BaseModel):
@@ -156,7 +159,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s = settings or ServeSettings()
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    classifier = EmotionClassifier(s.checkpoint)
+    threads = s.threads or max(1, default_threads() // max(1, s.workers))
+    classifier = EmotionClassifier(s.checkpoint, device=s.device, threads=threads)
     detector = create_detector(s.detector, model=s.detector_model)
     lock = threading.Lock()
     classes = classifier.classes
@@ -332,6 +336,9 @@ def settings_env(s: ServeSettings) -> dict[str, str]:
         "EMOLENS_SERVE_DETECTOR": s.detector,
         "EMOLENS_SERVE_DETECTOR_MODEL": s.detector_model or "",
         "EMOLENS_SERVE_MAX_QUEUED_JOBS": str(s.max_queued_jobs),
+        "EMOLENS_SERVE_THREADS": str(s.threads),
+        "EMOLENS_SERVE_DEVICE": s.device,
+        "EMOLENS_SERVE_WORKERS": str(s.workers),
     }
     for key in ("max_image_mb", "max_video_mb", "request_timeout_s"):
         env[f"EMOLENS_SERVE_{key.upper()}"] = repr(getattr(s, key))
@@ -352,6 +359,9 @@ def app_from_env() -> FastAPI:
             setattr(s, key, float(env[f"EMOLENS_SERVE_{key.upper()}"]))
     if env.get("EMOLENS_SERVE_MAX_QUEUED_JOBS"):
         s.max_queued_jobs = int(env["EMOLENS_SERVE_MAX_QUEUED_JOBS"])
+    s.threads = int(env.get("EMOLENS_SERVE_THREADS") or 0)
+    s.device = env.get("EMOLENS_SERVE_DEVICE") or s.device
+    s.workers = int(env.get("EMOLENS_SERVE_WORKERS") or 1)
     return create_app(s)
 
 
