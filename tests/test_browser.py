@@ -64,11 +64,10 @@ def server(tmp_path):
     th.join(timeout=10)
 
 
-def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
+def _chrome(tmp_path, *extra):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    clip = fake_camera_clip(tmp_path / "cam.y4m")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for arg in (
@@ -81,13 +80,22 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
         "--disable-sync",
         "--no-first-run",
         "--disable-quic",
+        "--autoplay-policy=no-user-gesture-required",
         f"--user-data-dir={tmp_path / 'profile'}",
+        *extra,
+    ):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
+    clip = fake_camera_clip(tmp_path / "cam.y4m")
+    driver = _chrome(
+        tmp_path,
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={clip}",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    )
     try:
         driver.set_page_load_timeout(30)
         driver.get(server)
@@ -110,3 +118,40 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
         assert painted > 500  # the overlay canvas really has the box and label painted on it
     finally:
         driver.quit()
+
+
+def test_browser_plays_the_annotated_video_of_a_job(server, tmp_path):
+    """The server's annotated.mp4 (H.264, fragmented MP4 through PyAV) plays in Chromium's <video>."""
+    import httpx
+
+    from emolens.live.synthetic import sample_video
+
+    with open(sample_video(tmp_path / "in.mp4", n_frames=30), "rb") as f:
+        job = httpx.post(server + "v1/video", files={"file": ("in.mp4", f, "video/mp4")}, timeout=30).json()["id"]
+    for _ in range(600):
+        if httpx.get(server + f"v1/video/{job}").json()["status"] in ("done", "failed"):
+            break
+        time.sleep(0.1)
+    assert httpx.get(server + f"v1/video/{job}").json()["status"] == "done"
+    driver = _chrome(tmp_path)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.set_script_timeout(30)
+        driver.get(server)
+        state = driver.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            const v = document.createElement('video');
+            v.muted = true;
+            v.onerror = () => done({error: v.error && v.error.code});
+            v.ontimeupdate = () => {
+                if (v.currentTime > 0.3) done({w: v.videoWidth, h: v.videoHeight, t: v.currentTime});
+            };
+            v.src = arguments[0];
+            document.body.appendChild(v);
+            v.play().catch(e => done({error: String(e)}));""",
+            server + f"v1/video/{job}/annotated.mp4",
+        )
+    finally:
+        driver.quit()
+    assert "error" not in state, state
+    assert state["w"] == 640 and state["h"] == 480 and state["t"] > 0.3

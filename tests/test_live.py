@@ -294,10 +294,13 @@ def test_truncated_video_ends_early_but_keeps_frames(sample_clip, tmp_path):
     src = FrameSource(str(cut))
     n = sum(1 for _ in src)
     assert 5 < n < 40 and src.ended_early and "cut.avi: video ended early" in src.stop_reason
-    mp4 = tmp_path / "cut.mp4"  # an MP4 cut before its index cannot be opened at all: a named error
-    mp4.write_bytes(sample_clip.read_bytes()[:5000])
-    with pytest.raises(SourceError, match="cut.mp4: cannot open video"):
-        FrameSource(str(mp4))
+    mp4 = tmp_path / "cut.mp4"  # emolens' MP4s are fragmented: a cut one still plays up to the cut
+    mp4.write_bytes(sample_clip.read_bytes()[: len(sample_clip.read_bytes()) * 2 // 3])
+    assert 10 <= sum(1 for _ in FrameSource(str(mp4))) < 75
+    junk = tmp_path / "junk.mp4"  # bytes that are no video at all: a named error
+    junk.write_bytes(b"\x00\x01junk" * 500)
+    with pytest.raises(SourceError, match="junk.mp4: cannot open video"):
+        FrameSource(str(junk))
 
 
 def test_predict_images_odd_formats(classifier, tmp_path):
@@ -367,3 +370,31 @@ def test_camera_disappearing_mid_stream_keeps_rows(classifier, monkeypatch, tmp_
     assert "0: stream stopped (camera disconnected" in summary["stop_reason"]
     got = list(csv.DictReader(open(rows)))
     assert len(got) == summary["frames_read"] and {r["label"] for r in got} == {"happiness"}
+
+
+def test_annotated_video_is_h264_and_survives_a_kill(tmp_path):
+    """Saved video is browser-playable H.264, and a SIGKILLed run leaves a file readable up to its last second."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    av = pytest.importorskip("av")
+    clip = tmp_path / "long.avi"
+    make_clip([sample_face()], clip, n_frames=600)
+    out, rows = tmp_path / "out.mp4", tmp_path / "rows.csv"
+    cmd = [sys.executable, "-m", "emolens.cli", "live", "--source", str(clip), "--detector", "haar"]
+    proc = subprocess.Popen([*cmd, "--output", str(out), "--csv", str(rows), "-q", "--threads", "1"])
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not rows.exists() or rows.read_text().count("\n") < 120):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        frames = sum(1 for _ in c.decode(video=0))
+    assert frames >= 50  # everything up to the last finished fragment (one per second of video)

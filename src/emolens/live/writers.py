@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class RowWriter:
@@ -74,11 +77,66 @@ class RowWriter:
         self.close()
 
 
-def open_video_writer(path: str | Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """An mp4v/MJPG/XVID writer chosen by extension; raises if OpenCV cannot open it."""
+class AVWriter:
+    """Browser-playable video through PyAV (FFmpeg): H.264 in fragmented MP4 (``.mp4``/``.m4v``/``.mov``) or
+    VP9 in WebM (``.webm``), yuv420p.
+
+    Fragmented MP4 is written as it goes (a fragment per keyframe, one a second), so a killed run leaves a
+    file that plays up to its last fragment; WebM (Matroska) is likewise readable up to the last cluster.
+    """
+
+    CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".webm": "libvpx-vp9"}
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        import av
+
+        self.path = path
+        ext = path.suffix.lower()
+        # flush_packets: every finished fragment reaches the file at once (else FFmpeg's IO buffer holds it)
+        options = {"flush_packets": "1"}
+        if ext != ".webm":
+            options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+        self._c = av.open(str(path), "w", options=options)
+        rate = max(1, round(fps))
+        self._s = self._c.add_stream(self.CODECS[ext], rate=rate)
+        self._s.width, self._s.height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sizes
+        self._s.pix_fmt = "yuv420p"
+        self._s.options = (
+            {"preset": "veryfast", "crf": "23", "g": str(rate)}
+            if ext != ".webm"
+            else {"deadline": "realtime", "g": str(rate)}
+        )
+        self._av = av
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        frame = frame_bgr[: self._s.height, : self._s.width]
+        for packet in self._s.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")):
+            self._c.mux(packet)
+
+    def release(self) -> None:
+        if self._c is None:
+            return
+        for packet in self._s.encode():
+            self._c.mux(packet)
+        self._c.close()
+        self._c = None
+
+
+def open_video_writer(path: str | Path, fps: float, size: tuple[int, int]):
+    """A video writer chosen by extension: H.264 MP4 / VP9 WebM through PyAV (plays in browsers), else
+    OpenCV (MJPG ``.avi``, XVID ``.mkv``; mp4v ``.mp4`` when PyAV is missing). Raises if it cannot open."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fourcc = {".avi": "MJPG", ".mkv": "XVID"}.get(path.suffix.lower(), "mp4v")
+    if path.suffix.lower() in AVWriter.CODECS:
+        try:
+            return AVWriter(path, fps, size)
+        except ImportError:
+            log.warning(
+                "PyAV is not installed (pip install av): %s is written as mp4v, which browsers do not play", path
+            )
+        except Exception as e:  # noqa: BLE001 - an FFmpeg build without the codec: fall back to OpenCV
+            log.warning("PyAV cannot write %s (%s); falling back to OpenCV", path, e)
+    fourcc = {".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}.get(path.suffix.lower(), "mp4v")
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), max(1.0, fps), size)
     if not w.isOpened():
         raise OSError(f"{path}: cannot open video writer ({fourcc})")
