@@ -155,3 +155,21 @@ def test_browser_plays_the_annotated_video_of_a_job(server, tmp_path):
         driver.quit()
     assert "error" not in state, state
     assert state["w"] == 640 and state["h"] == 480 and state["t"] > 0.3
+
+
+def test_docs_page_renders_offline(server, tmp_path):
+    """/docs loads Swagger UI from the server itself (this Chromium has no internet)."""
+    driver = _chrome(tmp_path)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(server + "docs")
+        deadline, title = time.time() + 30, ""
+        while time.time() < deadline and "emolens" not in title:
+            title = driver.execute_script(
+                "const t=document.querySelector('.swagger-ui .info .title');return t?t.textContent:''"
+            )
+            time.sleep(0.3)
+        assert "emolens" in title
+        assert "/v1/predict" in driver.page_source
+    finally:
+        driver.quit()

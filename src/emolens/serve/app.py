@@ -190,7 +190,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         )
 
     jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs)
-    app = FastAPI(
+    try:  # /docs and /redoc from files inside fastapi-offline, so they work offline (FastAPI's load a CDN)
+        from fastapi_offline import FastAPIOffline as AppClass
+    except ImportError:
+        AppClass = FastAPI
+    app = AppClass(
         title="emolens",
         version=__version__,
         description="Emotions from facial expressions: images, videos and live webcams.",
