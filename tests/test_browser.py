@@ -46,9 +46,10 @@ def fake_camera_clip(path: Path, n: int = 30) -> Path:
 @pytest.fixture
 def server(tmp_path):
     uvicorn = pytest.importorskip("uvicorn")
+    from emolens.live.settings import PipelineSettings
     from emolens.serve import ServeSettings, create_app
 
-    app = create_app(ServeSettings(data_dir=tmp_path / "data", detector="haar"))
+    app = create_app(ServeSettings(data_dir=tmp_path / "data", pipeline=PipelineSettings(detector="haar")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -185,3 +185,26 @@ def test_threads_and_device_flags(tmp_path, capsys):
         assert err[-1].startswith("emolens predict: error:") and "tpu9" in err[-1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_python_and_serve_share_one_settings_object(monkeypatch):
+    import dataclasses
+
+    from emolens.cli import build_parser
+    from emolens.live.settings import PipelineSettings
+    from emolens.serve.app import ServeSettings, settings_env
+
+    p = build_parser()
+    for args in (["live"], ["serve"], ["predict", "x.jpg"]):
+        got = PipelineSettings.from_namespace(p.parse_args(args))
+        want = PipelineSettings(smooth="none") if args[0] == "predict" else PipelineSettings()  # stills: no smoothing
+        assert got == want, args
+    assert ServeSettings().pipeline == PipelineSettings()
+    custom = ServeSettings(pipeline=PipelineSettings(detector="haar", margin=0.2, threads=1), workers=3)
+    env = settings_env(custom)
+    monkeypatch.setattr("emolens.serve.app.create_app", lambda s: s)
+    monkeypatch.setenv("EMOLENS_SERVE_SETTINGS", env["EMOLENS_SERVE_SETTINGS"])
+    from emolens.serve.app import app_from_env
+
+    back = app_from_env()
+    assert dataclasses.asdict(back) == dataclasses.asdict(custom)

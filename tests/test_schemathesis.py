@@ -7,6 +7,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis not inst
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
+from emolens.live.settings import PipelineSettings  # noqa: E402
 from emolens.serve import ServeSettings, create_app  # noqa: E402
 
 
@@ -14,7 +15,11 @@ def _app():
     import tempfile
 
     return create_app(
-        ServeSettings(data_dir=tempfile.mkdtemp(prefix="emolens-st-"), detector="haar", max_queued_jobs=2)
+        ServeSettings(
+            data_dir=tempfile.mkdtemp(prefix="emolens-st-"),
+            pipeline=PipelineSettings(detector="haar"),
+            max_queued_jobs=2,
+        )
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("fastapi", reason="serve extras not installed (pip install -e .[dev])")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from emolens.live.settings import PipelineSettings  # noqa: E402
 from emolens.live.synthetic import sample_face, sample_video  # noqa: E402
 from emolens.serve import ServeSettings, create_app  # noqa: E402
 
@@ -19,7 +20,13 @@ from emolens.serve import ServeSettings, create_app  # noqa: E402
 def app(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve")
     return create_app(
-        ServeSettings(data_dir=data, detector="haar", max_image_mb=1.0, max_video_mb=3.0, max_queued_jobs=1)
+        ServeSettings(
+            data_dir=data,
+            pipeline=PipelineSettings(detector="haar"),
+            max_image_mb=1.0,
+            max_video_mb=3.0,
+            max_queued_jobs=1,
+        )
     )
 
 
@@ -160,7 +167,7 @@ def test_job_queue_is_bounded(tmp_path):
 
 
 def test_video_job_time_limit(tmp_path):
-    app = create_app(ServeSettings(data_dir=tmp_path, detector="haar", job_timeout_s=0.0))
+    app = create_app(ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), job_timeout_s=0.0))
     clip = sample_video(tmp_path / "c.mp4", n_frames=10)
     with TestClient(app) as c:
         job = c.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}).json()["id"]

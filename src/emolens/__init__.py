@@ -27,31 +27,14 @@ __all__ = ["CLASSES", "CLASSES_7", "__version__", "load_model", "predict", "stre
 _default: Pipeline | None = None
 
 
-def load_model(
-    checkpoint: str | Path | None = None,
-    detector: str = "auto",
-    detector_model: str | Path | None = None,
-    margin: float = 0.0,
-    align: bool = False,
-    smooth: str = "ema",
-    threads: int | None = None,
-    device: str = "cpu",
-) -> Pipeline:
-    """A ready :class:`~emolens.live.pipeline.Pipeline`: the bundled model (or ``checkpoint``) behind a
-    face detector (``auto``: YuNet if available, else Haar), with the CLI's defaults (``threads``: PyTorch
-    threads, default half the cores; ``device``: cpu, cuda or auto)."""
-    from .live.classifier import EmotionClassifier, default_threads
-    from .live.detectors import create_detector
-    from .live.pipeline import Pipeline
-    from .live.smoothing import Smoother
+def load_model(checkpoint: str | Path | None = None, **settings: Any) -> Pipeline:
+    """A ready :class:`~emolens.live.pipeline.Pipeline`: the bundled model (or ``checkpoint``) behind a face
+    detector, with the same defaults as the CLI and the server. ``settings`` are the fields of
+    :class:`~emolens.live.settings.PipelineSettings`: ``detector`` (auto, yunet, haar), ``detector_model``,
+    ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``."""
+    from .live.settings import PipelineSettings
 
-    return Pipeline(
-        EmotionClassifier(checkpoint, device=device, threads=threads or default_threads()),
-        create_detector(detector, model=str(detector_model) if detector_model else None),
-        Smoother(smooth),
-        margin=margin,
-        align=align,
-    )
+    return PipelineSettings(checkpoint=str(checkpoint) if checkpoint else None, **settings).build()
 
 
 def _pipeline(model: Pipeline | None) -> Pipeline:

@@ -94,24 +94,15 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
 
 
 def _pipeline(a: argparse.Namespace):
-    from .live.classifier import EmotionClassifier, default_threads
-    from .live.detectors import create_detector
-    from .live.pipeline import Pipeline
-    from .live.smoothing import Smoother
+    from .live.settings import PipelineSettings
 
-    clf = EmotionClassifier(
-        a.checkpoint,
-        backend="onnx" if a.onnx else "torch",
-        onnx_path=a.onnx,
-        device=a.device,
-        threads=a.threads or default_threads(),
-    )
-    det = create_detector(a.detector, model=a.detector_model)
-    if a.align and det.name != "yunet":
+    settings = PipelineSettings.from_namespace(a)
+    det = settings.make_detector()
+    if settings.align and det.name != "yunet":
         print(
             f"emolens {a.command}: warning: --align needs YuNet's eye landmarks; {det.name} has none", file=sys.stderr
         )
-    return Pipeline(clf, det, Smoother(a.smooth, alpha=a.alpha, window=a.window), margin=a.margin, align=a.align)
+    return settings.build(detector=det)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -215,16 +206,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from .serve.app import settings_env
     except ImportError as e:
         raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
+    from .live.settings import PipelineSettings
+
     settings = ServeSettings(
-        checkpoint=a.checkpoint,
-        detector=a.detector,
-        detector_model=a.detector_model,
+        pipeline=PipelineSettings.from_namespace(a),
         max_image_mb=a.max_image_mb,
         max_video_mb=a.max_video_mb,
         request_timeout_s=a.timeout,
         max_queued_jobs=a.max_jobs,
-        threads=a.threads,
-        device=a.device,
         workers=a.workers,
     )
     if a.data_dir:
@@ -258,37 +247,43 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled FER+ model)")
+    from .live.settings import PipelineSettings
+
+    d = PipelineSettings()
+    p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled model)")
     p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
     p.add_argument(
         "--detector",
-        default="auto",
+        default=d.detector,
         choices=["auto", "yunet", "haar"],
         help="face detector (auto: YuNet if its model is available or downloadable, else Haar)",
     )
-    p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download)")
+    p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download; or set $EMOLENS_YUNET)")
     p.add_argument(
         "--margin",
         type=float,
-        default=0.0,
+        default=d.margin,
         help="extra context per side around the FER-like face crop the model was trained on (0: that crop)",
     )
     p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
-    p.add_argument("--smooth", default="ema", choices=["ema", "window", "none"], help="temporal smoothing per face")
-    p.add_argument("--alpha", type=float, default=0.35, help="EMA weight of the newest frame")
-    p.add_argument("--window", type=int, default=8, help="frames averaged by --smooth window")
+    p.add_argument("--smooth", default=d.smooth, choices=["ema", "window", "none"], help="temporal smoothing per face")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="EMA weight of the newest frame")
+    p.add_argument("--window", type=int, default=d.window, help="frames averaged by --smooth window")
     _add_runtime_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    from .live.settings import PipelineSettings
+
+    d = PipelineSettings()
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
+        default=d.threads,
         help="PyTorch threads for the classifier (default 0: half the CPU cores, the rest left to OpenCV)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (cuda if available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,15 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
-    sv.add_argument("--checkpoint")
-    sv.add_argument("--detector", default="auto", choices=["auto", "yunet", "haar"])
-    sv.add_argument("--detector-model")
     sv.add_argument("--max-image-mb", type=float, default=10.0)
     sv.add_argument("--max-video-mb", type=float, default=200.0)
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
-    _add_runtime_flags(sv)
+    _add_pipeline_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
     mo = sub.add_parser("models", help="list the model registry")

@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -20,11 +20,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..live.classifier import EmotionClassifier, default_threads
-from ..live.detectors import create_detector
+from ..live.classifier import default_threads
 from ..live.pipeline import FaceResult, Pipeline
-from ..live.smoothing import Smoother
-from ..live.tracker import IoUTracker
+from ..live.settings import PipelineSettings
 from .jobs import Job, JobQueue, QueueFull
 
 log = logging.getLogger(__name__)
@@ -68,17 +66,13 @@ class ServeSettings:
     """Limits and locations. Nothing is written outside ``data_dir``."""
 
     data_dir: Path = Path(tempfile.gettempdir()) / "emolens-serve"
-    checkpoint: str | None = None
-    detector: str = "auto"
-    detector_model: str | None = None
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)  # model, detector, crop, threads...
     max_image_mb: float = 10.0
     max_video_mb: float = 200.0
     max_image_side: int = 8000
     request_timeout_s: float = 20.0
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
-    threads: int = 0  # PyTorch threads per worker process (0: half the cores / workers, at least 1)
-    device: str = "cpu"
     workers: int = 1  # worker processes sharing this machine (for the threads default)
 
 
@@ -159,14 +153,15 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s = settings or ServeSettings()
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    threads = s.threads or max(1, default_threads() // max(1, s.workers))
-    classifier = EmotionClassifier(s.checkpoint, device=s.device, threads=threads)
-    detector = create_detector(s.detector, model=s.detector_model)
+    # threads 0: half the cores shared by the worker processes (at least 1 each)
+    ps = replace(s.pipeline, threads=s.pipeline.threads or max(1, default_threads() // max(1, s.workers)))
+    classifier = ps.classifier()
+    detector = ps.make_detector()
     lock = threading.Lock()
     classes = classifier.classes
 
     def fresh_pipeline(smooth: str = "none") -> Pipeline:
-        return Pipeline(classifier, detector, Smoother(smooth), IoUTracker())
+        return ps.build(classifier, detector, smooth)
 
     def process_video(job: Job, folder: Path) -> dict:
         video = next(folder.glob("input.*"))
@@ -184,7 +179,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 raise TimeoutError(f"video processing passed the {s.job_timeout_s:g} s limit")
 
         # The job has a detector of its own (detectors keep state), so requests are not blocked by a long video.
-        pipe = Pipeline(classifier, create_detector(s.detector, model=s.detector_model), Smoother("ema"))
+        pipe = ps.build(classifier, ps.make_detector())
         return pipe.run(
             str(video), output=folder / "annotated.mp4", rows=folder / "results.csv", progress=False, on_frame=on_frame
         )
@@ -333,40 +328,19 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
 
 def settings_env(s: ServeSettings) -> dict[str, str]:
-    """``s`` as the ``EMOLENS_SERVE_*`` variables that :func:`app_from_env` reads back."""
-    env = {
-        "EMOLENS_SERVE_DATA_DIR": str(s.data_dir),
-        "EMOLENS_SERVE_CHECKPOINT": s.checkpoint or "",
-        "EMOLENS_SERVE_DETECTOR": s.detector,
-        "EMOLENS_SERVE_DETECTOR_MODEL": s.detector_model or "",
-        "EMOLENS_SERVE_MAX_QUEUED_JOBS": str(s.max_queued_jobs),
-        "EMOLENS_SERVE_THREADS": str(s.threads),
-        "EMOLENS_SERVE_DEVICE": s.device,
-        "EMOLENS_SERVE_WORKERS": str(s.workers),
-    }
-    for key in ("max_image_mb", "max_video_mb", "request_timeout_s"):
-        env[f"EMOLENS_SERVE_{key.upper()}"] = repr(getattr(s, key))
-    return env
+    """``s`` as the ``EMOLENS_SERVE_SETTINGS`` variable (JSON) that :func:`app_from_env` reads back."""
+    d = asdict(s)
+    d["data_dir"] = str(s.data_dir)
+    return {"EMOLENS_SERVE_SETTINGS": json.dumps(d)}
 
 
 def app_from_env() -> FastAPI:
-    """App factory for multi-worker uvicorn (``--factory``): settings from ``EMOLENS_SERVE_*`` variables."""
-    s = ServeSettings()
-    env = os.environ
-    if env.get("EMOLENS_SERVE_DATA_DIR"):
-        s.data_dir = Path(env["EMOLENS_SERVE_DATA_DIR"])
-    s.checkpoint = env.get("EMOLENS_SERVE_CHECKPOINT") or None
-    s.detector = env.get("EMOLENS_SERVE_DETECTOR", s.detector)
-    s.detector_model = env.get("EMOLENS_SERVE_DETECTOR_MODEL") or None
-    for key in ("max_image_mb", "max_video_mb", "request_timeout_s"):
-        if env.get(f"EMOLENS_SERVE_{key.upper()}"):
-            setattr(s, key, float(env[f"EMOLENS_SERVE_{key.upper()}"]))
-    if env.get("EMOLENS_SERVE_MAX_QUEUED_JOBS"):
-        s.max_queued_jobs = int(env["EMOLENS_SERVE_MAX_QUEUED_JOBS"])
-    s.threads = int(env.get("EMOLENS_SERVE_THREADS") or 0)
-    s.device = env.get("EMOLENS_SERVE_DEVICE") or s.device
-    s.workers = int(env.get("EMOLENS_SERVE_WORKERS") or 1)
-    return create_app(s)
+    """App factory for multi-worker uvicorn (``--factory``): settings from ``$EMOLENS_SERVE_SETTINGS``."""
+    d = json.loads(os.environ.get("EMOLENS_SERVE_SETTINGS") or "{}")
+    pipeline = PipelineSettings(**d.pop("pipeline", {}))
+    if "data_dir" in d:
+        d["data_dir"] = Path(d["data_dir"])
+    return create_app(ServeSettings(pipeline=pipeline, **d))
 
 
 def _remove(folder: Path) -> None:
