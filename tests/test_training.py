@@ -226,3 +226,48 @@ def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
         ensemble_checkpoints(
             [a / "best.pt", train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "best.pt"]
         )
+
+
+class _Evil:
+    """A pickle payload that would create a file when unpickled with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["predict", "{img}", "--checkpoint", "{evil}", "--detector", "haar"],
+        ["live", "--source", "sample", "--checkpoint", "{evil}", "--detector", "haar", "--max-frames", "2"],
+        ["evaluate", "{evil}", "--dataset", "folder", "--root", "{root}"],
+        ["export", "--checkpoint", "{evil}", "--output", "{tmp}/x.onnx"],
+        ["rebalance", "{evil}", "--dataset", "folder", "--root", "{root}", "--out", "{tmp}/r.pt"],
+        ["train", "--resume", "--out", "{tmp}/run"],
+        ["serve", "--checkpoint", "{evil}", "--data-dir", "{tmp}/srv", "--detector", "haar"],
+    ],
+)
+def test_crafted_checkpoint_is_refused_everywhere(cmd, tiny_root, tmp_path, capsys):
+    import cv2
+
+    from emolens.cli import main
+    from emolens.live.synthetic import sample_face
+
+    marker = tmp_path / "pwned"
+    evil = {"format": "emolens-checkpoint/1", "model": "fernet", "x": _Evil(marker)}
+    torch.save(evil, tmp_path / "evil.pt")
+    (tmp_path / "run").mkdir()
+    torch.save(evil, tmp_path / "run" / "last.pt")
+    _cfg(tiny_root, tmp_path / "run").save(tmp_path / "run" / "config.json")
+    cv2.imwrite(str(tmp_path / "a.jpg"), sample_face())
+    fill = {"{img}": str(tmp_path / "a.jpg"), "{evil}": str(tmp_path / "evil.pt"), "{root}": str(tiny_root)}
+    fill["{tmp}"] = str(tmp_path)
+    args = [fill.get(a, a) for a in cmd]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
+    assert len(err) == 1 and "refused" in err[0] and "posix.system" in err[0], err
+    assert not marker.exists()

@@ -7,6 +7,7 @@ imports the training loop.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,19 @@ from . import models
 from .transforms import Preprocess
 
 FORMAT = "emolens-checkpoint/1"
+
+
+def _numpy_safe_globals() -> list:
+    """numpy scalar and dtype constructors: plain numbers that older checkpoints hold (no code runs)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    out = [core.multiarray.scalar, np.dtype]
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
+_NUMPY_SAFE = _numpy_safe_globals()
 
 
 class CheckpointError(ValueError):
@@ -58,7 +72,19 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_cl
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain data only; a pickle that would build other objects (and could run
+        # code) is refused. numpy scalars/dtypes (plain numbers in older emolens runs) are allowed.
+        with torch.serialization.safe_globals(_NUMPY_SAFE):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # the class or function the pickle wanted to call
+        what = f"({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects beyond weights and plain data {what}".rstrip()
+            + ", which could run code when loaded; emolens checkpoints never do"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -332,7 +332,7 @@ def _cosine_with_warmup(total: int, warmup: int):
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+        return float(0.5 * (1 + np.cos(np.pi * min(1.0, progress))))  # a plain float: checkpoints stay plain data
 
     return f
 
