@@ -208,3 +208,86 @@ def test_cli_python_and_serve_share_one_settings_object(monkeypatch):
 
     back = app_from_env()
     assert dataclasses.asdict(back) == dataclasses.asdict(custom)
+
+
+def test_predict_keeps_going_and_keeps_results(tmp_path, monkeypatch, capsys):
+    """Odd files (non-UTF-8 name, tiny image, a crash inside the pipeline) become error rows, not the end of the
+    batch; a run interrupted at image N keeps the N-1 results before it."""
+    import os
+
+    from emolens.live.pipeline import Pipeline
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    face = sample_face()
+    cv2.imwrite(str(d / "a.jpg"), face)
+    ok, buf = cv2.imencode(".jpg", face)
+    with open(os.path.join(os.fsencode(d), b"caf\xe9.jpg"), "wb") as f:  # not valid UTF-8
+        f.write(buf.tobytes())
+    cv2.imwrite(str(d / "tiny.png"), cv2.resize(face, (32, 25)))
+    cv2.imwrite(str(d / "z.jpg"), face)
+    real = Pipeline.process
+
+    def flaky(self, frame, *a, **k):
+        if frame.shape[:2] == (25, 32):
+            raise OverflowError("cannot convert float infinity to integer")
+        return real(self, frame, *a, **k)
+
+    monkeypatch.setattr(Pipeline, "process", flaky)
+    args = [
+        "predict",
+        str(d),
+        "--detector",
+        "haar",
+        "-q",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--csv",
+        str(tmp_path / "r.csv"),
+    ]
+    assert main([*args, "--annotate", str(tmp_path / "ann")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["images"]
+    assert [len(r["faces"]) for r in res] == [1, 1, 0, 1]
+    assert "caf\ufffd.jpg" in res[1]["file"] and "OverflowError" in res[2]["error"]
+    assert len(list((tmp_path / "ann").iterdir())) == 3
+    assert not (tmp_path / "r.json.partial.jsonl").exists()
+
+    calls = {"n": 0}
+
+    def dies(self, frame, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, frame, *a, **k)
+
+    monkeypatch.setattr(Pipeline, "process", dies)
+    assert main(args) == 130
+    kept = (tmp_path / "r.json.partial.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(kept) == 2 and len(list(csv.DictReader(open(tmp_path / "r.csv", encoding="utf-8")))) == 2
+
+
+def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "d", per_class=12, size=32, split_dirs=True)
+    run = tmp_path / "run"
+    common = ["--model", "fernet_tiny", "--image-size", "32", "--workers", "0", "--no-progress", "--no-cache"]
+    assert main(["train", "--root", str(root), "--dataset", "folder", "--epochs", "1", "--out", str(run), *common]) == 0
+    before = (run / "config.json").read_text()
+    for flags, named in ((["--lr", "0.5"], "--lr (0.001 -> 0.5)"), (["--optimizer", "sgd"], "--optimizer")):
+        capsys.readouterr()
+        assert main(["train", "--resume", "--out", str(run), "--epochs", "2", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], err
+        assert (run / "config.json").read_text() == before  # nothing overwritten
+
+
+def test_cache_build_cleans_up_after_a_killed_build(tmp_path):
+    from emolens.data import open_dataset
+    from emolens.data.cache import attach_cache, cache_key
+
+    root = make_folder_dataset(tmp_path / "d", per_class=5, size=32)
+    ds = open_dataset("folder", root, "train", image_size=32)
+    stale = tmp_path / "c" / f"{cache_key(ds)}.tmp999999.npy"  # a build by a process that no longer exists
+    stale.parent.mkdir()
+    stale.write_bytes(b"x" * 1000)
+    path = attach_cache(ds, tmp_path / "c", progress=False)
+    assert path.is_file() and not stale.exists()

@@ -25,6 +25,36 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
 
 
+#: TrainConfig fields a resumed run may not change (the rest: epochs, workers, progress, device, ...).
+RESUME_FROZEN = (
+    "dataset",
+    "root",
+    "extra_data",
+    "model",
+    "pretrained",
+    "weights",
+    "init",
+    "image_size",
+    "channels",
+    "protocol",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "optimizer",
+    "schedule",
+    "warmup_epochs",
+    "class_weights",
+    "balanced_sampler",
+    "loss",
+    "la_tau",
+    "label_smoothing",
+    "soft_labels",
+    "augment",
+    "seed",
+    "max_samples",
+)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -34,6 +64,15 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not config and a.resume and a.out and (Path(a.out) / "config.json").is_file():
         config = Path(a.out) / "config.json"  # --resume --out RUN continues RUN with its own settings
     cfg = TrainConfig.load(config) if config else TrainConfig()
+    if a.resume and config:
+        # a resumed run continues the same model, data and optimiser: flags that would change them are refused
+        changed = [
+            f"--{k.replace('_', '-')} ({getattr(cfg, k)!r} -> {getattr(a, k)!r})"
+            for k in RESUME_FROZEN
+            if getattr(a, k) is not None and getattr(a, k) != getattr(cfg, k)
+        ]
+        if changed:
+            raise ValueError(f"--resume keeps the run's settings; these would change it: {', '.join(changed)}")
     for f in dataclasses.fields(TrainConfig):
         v = getattr(a, f.name)
         if v is not None:
@@ -108,47 +147,53 @@ def _pipeline(a: argparse.Namespace):
 def cmd_predict(a: argparse.Namespace) -> int:
     import csv
     import json
+    import os
+    from pathlib import Path
 
     from .live.images import expand_inputs, predict_images
 
     pipe = _pipeline(a)
     paths = expand_inputs(a.inputs)
-    records = []
-    for rec in predict_images(pipe, paths, whole_image=a.whole_image, annotate=a.annotate, progress=not a.quiet):
-        records.append(rec)
-        if not (a.json or a.csv):
-            faces = ", ".join(f"{f['label']} {100 * f['confidence']:.0f}%" for f in rec["faces"]) or (
-                rec.get("error") or "no face"
-            )
-            print(f"{rec['file']}: {faces}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"classes": pipe.classes, "images": records}, f, indent=1)
-    if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(
-                ["file", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes], "error"]
-            )
-            for r in records:
-                for k, face in enumerate(r["faces"]):
-                    w.writerow(
-                        [
-                            r["file"],
-                            k,
-                            *face["box"].values(),
-                            face["label"],
-                            face["confidence"],
-                            *face["probs"].values(),
-                            "",
-                        ]
-                    )
-                if "error" in r:
-                    w.writerow([r["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), r["error"]])
-    bad = sum("error" in r for r in records)
-    n_faces = sum(len(r["faces"]) for r in records)
-    print(f"{len(records)} image(s), {n_faces} face(s), {bad} unreadable", file=sys.stderr)
-    return 1 if bad == len(records) else 0
+    # Results are written as they come (a JSON-lines file beside --json, CSV rows), flushed per image, so a
+    # crash at image N keeps the N-1 before it; the --json file is assembled from the lines at the end.
+    partial = Path(a.json).with_name(Path(a.json).name + ".partial.jsonl") if a.json else None
+    jl = open(partial, "w", encoding="utf-8") if partial else None
+    cf = open(a.csv, "w", newline="", encoding="utf-8") if a.csv else None
+    w = csv.writer(cf) if cf else None
+    if w:
+        w.writerow(
+            ["file", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes], "error"]
+        )
+    n = bad = n_faces = 0
+    try:
+        for rec in predict_images(pipe, paths, whole_image=a.whole_image, annotate=a.annotate, progress=not a.quiet):
+            n, bad, n_faces = n + 1, bad + ("error" in rec), n_faces + len(rec["faces"])
+            if jl:
+                jl.write(json.dumps(rec) + "\n")
+                jl.flush()
+            if w:
+                for k, face in enumerate(rec["faces"]):
+                    row = [*face["box"].values(), face["label"], face["confidence"], *face["probs"].values()]
+                    w.writerow([rec["file"], k, *row, ""])
+                if "error" in rec:
+                    w.writerow([rec["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), rec["error"]])
+                cf.flush()
+            if not (a.json or a.csv):
+                faces = ", ".join(f"{f['label']} {100 * f['confidence']:.0f}%" for f in rec["faces"])
+                print(f"{rec['file']}: {faces or rec.get('error') or 'no face'}")
+    finally:
+        if cf:
+            cf.close()
+        if jl:
+            jl.close()
+    if partial:
+        records = [json.loads(line) for line in partial.read_text(encoding="utf-8").splitlines()]
+        tmp = Path(a.json).with_name(f".{Path(a.json).name}.tmp")
+        tmp.write_text(json.dumps({"classes": pipe.classes, "images": records}, indent=1), encoding="utf-8")
+        os.replace(tmp, a.json)
+        partial.unlink()
+    print(f"{n} image(s), {n_faces} face(s), {bad} unreadable", file=sys.stderr)
+    return 1 if bad == n else 0
 
 
 def cmd_live(a: argparse.Namespace) -> int:

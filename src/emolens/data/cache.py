@@ -42,6 +42,24 @@ class _CachedFaces:
         return np.array(self.arr[i])  # a writable copy (torch warns on read-only memmap views)
 
 
+def _remove_stale_temps(cache_dir: Path, key: str) -> None:
+    """Delete temp files of builds of ``key`` whose process is gone (killed mid-build)."""
+    for tmp in cache_dir.glob(f"{key}.tmp*.npy"):
+        pid = tmp.name[len(key) + 4 : -4]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def attach_cache(ds: FaceDataset, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Build (once) and attach the decoded-face cache of ``ds``; returns the cache file path.
 
@@ -52,6 +70,7 @@ def attach_cache(ds: FaceDataset, cache_dir: str | Path | None = None, progress:
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(ds)
     path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    _remove_stale_temps(cache_dir, key)
     if path.is_file() and meta_path.is_file():
         bad = {int(k): v for k, v in json.loads(meta_path.read_text())["bad"].items()}
     else:

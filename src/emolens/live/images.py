@@ -55,23 +55,34 @@ def predict_images(
     paths = list(paths)
     out_dir = Path(annotate) if annotate else None
     for path in tqdm(paths, desc="predict", disable=not progress, unit="img"):
+        name = display_name(path)
         try:
             frame = read_bgr(path)
         except DataError as e:
             log.warning("%s", e)
-            yield {"file": str(path), "error": str(e), "faces": []}
+            yield {"file": name, "error": str(e).replace(str(path), name), "faces": []}
             continue
-        pipeline.reset()  # independent images: no tracking or smoothing across files
-        faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-        results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(
-                str(out_dir / (path.stem + "_emolens.jpg")), draw_faces(frame.copy(), results, pipeline.classes)
-            )
+        try:
+            pipeline.reset()  # independent images: no tracking or smoothing across files
+            faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
+            results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
+            if out_dir is not None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                ok, buf = cv2.imencode(".jpg", draw_faces(frame.copy(), results, pipeline.classes))
+                # written by Python, not OpenCV: any file name the OS allows (also non-UTF-8) works
+                (out_dir / (path.stem + "_emolens.jpg")).write_bytes(buf.tobytes())
+        except Exception as e:  # noqa: BLE001 - one odd image must not end a batch: record it and go on
+            log.warning("%s: %s", name, e)
+            yield {"file": name, "error": f"{name}: {type(e).__name__}: {e}", "faces": []}
+            continue
         yield {
-            "file": str(path),
+            "file": name,
             "width": frame.shape[1],
             "height": frame.shape[0],
             "faces": [r.to_record(track=False) for r in results],
         }
+
+
+def display_name(path: Path) -> str:
+    """``path`` as printable text: bytes that are not valid UTF-8 (``surrogateescape``) become U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
