@@ -225,3 +225,39 @@ def test_serve_workers_runs_n_processes_that_share_jobs(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression-bomb header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width * 3 + 1) * 4)  # a few rows only; decoders would allocate the full size
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_are_refused_from_the_header(client, tmp_path):
+    import resource
+
+    from emolens.cli import main
+    from emolens.data import DataError, read_image
+
+    bomb = png_bomb(32000, 32000)
+    assert len(bomb) < 1_000_000
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    r = client.post("/v1/predict", files={"file": ("b.png", bomb, "image/png")})
+    assert r.status_code == 413 and "32000x32000" in r.json()["detail"]
+    assert time.perf_counter() - t < 1.0
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(bomb)
+        assert "32000x32000" in json.loads(ws.receive_text())["error"]
+    (tmp_path / "b.png").write_bytes(bomb)
+    with pytest.raises(DataError, match="32000x32000 px"):
+        read_image(tmp_path / "b.png")
+    assert main(["predict", str(tmp_path / "b.png"), "--detector", "haar", "-q"]) == 1  # an error row, no crash
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 < 300  # MB: nothing was decoded

@@ -44,6 +44,48 @@ class Sample:
         return self.path if self.path is not None else "<in-memory pixels>"
 
 
+#: Largest image decoded by default (pixels): above it a file is refused from its header, before decoding,
+#: so a small "decompression bomb" (a 1 MB PNG claiming 32000x32000) cannot take gigabytes of memory.
+MAX_PIXELS = 120_000_000
+
+
+def header_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` read from an image's header without decoding it (Pillow's lazy open), or ``None``
+    when Pillow does not know the format (OpenCV then decides)."""
+    import io
+
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # only the header is read: size it, don't refuse
+    try:
+        with Image.open(io.BytesIO(bytes(buf))) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - unknown or broken header: leave it to the decoder
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def decode_image(buf: bytes | np.ndarray, source: str, max_pixels: int = MAX_PIXELS, flags: int = -1) -> np.ndarray:
+    """Decode image bytes with OpenCV after checking the header's size against ``max_pixels``.
+
+    Raises :class:`DataError` naming ``source`` for an over-size, empty or undecodable image.
+    """
+    arr = np.frombuffer(buf, np.uint8) if isinstance(buf, bytes | bytearray) else buf
+    if arr.size == 0:
+        raise DataError(f"{source}: image file is empty")
+    size = header_size(arr)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise DataError(
+            f"{source}: image is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} MP), over the "
+            f"{max_pixels / 1e6:.0f} MP limit"
+        )
+    img = cv2.imdecode(arr, cv2.IMREAD_UNCHANGED if flags == -1 else flags)
+    if img is None:
+        raise DataError(f"{source}: not a readable image (corrupt or unsupported format)")
+    return img
+
+
 def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     """Decode an image file to uint8 HxW (``channels=1``) or RGB HxWx3 (``channels=3``).
 
@@ -53,12 +95,7 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
-    buf = np.fromfile(str(p), dtype=np.uint8)
-    if buf.size == 0:
-        raise DataError(f"{p}: image file is empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"{p}: not a readable image (corrupt or unsupported format)")
+    img = decode_image(np.fromfile(p, dtype=np.uint8), str(p))
     return to_uint8_channels(img, channels, source=str(p))
 
 

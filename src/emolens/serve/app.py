@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
+from ..data.base import DataError, decode_image, header_size
 from ..live.classifier import default_threads
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
@@ -124,9 +125,14 @@ def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise HTTPException(400, "the uploaded file is not a readable image")
+    """Decode an upload, refusing (413) from its header alone an image over ``max_side`` px per side."""
+    size = header_size(data)
+    if size is not None and max(size) > max_side:
+        raise HTTPException(413, f"image is {size[0]}x{size[1]}; the limit is {max_side} px per side")
+    try:
+        img = decode_image(data, "upload", max_pixels=max_side * max_side, flags=cv2.IMREAD_COLOR)
+    except DataError:
+        raise HTTPException(400, "the uploaded file is not a readable image") from None
     if max(img.shape[:2]) > max_side:
         raise HTTPException(413, f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_side} px per side")
     return img
@@ -296,9 +302,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 if len(data) > s.max_image_mb * 2**20:
                     await ws.send_text(json.dumps({"error": "frame too large"}))
                     continue
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-                if img is None:
-                    await ws.send_text(json.dumps({"error": "frame is not a readable image"}))
+                try:
+                    img = _decode_image(data, s.max_image_side)
+                except HTTPException as e:
+                    await ws.send_text(json.dumps({"error": e.detail}))
                     continue
 
                 def work(img=img, i=frame_no):
