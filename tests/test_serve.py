@@ -261,3 +261,22 @@ def test_decompression_bombs_are_refused_from_the_header(client, tmp_path):
         read_image(tmp_path / "b.png")
     assert main(["predict", str(tmp_path / "b.png"), "--detector", "haar", "-q"]) == 1  # an error row, no crash
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024 < 300  # MB: nothing was decoded
+
+
+def test_websocket_answers_bad_messages_and_drops_frames_for_a_fast_client(client):
+    frame = cv2.copyMakeBorder(sample_face(), 40, 40, 60, 60, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    jpg = _jpeg(frame)
+    with client.websocket_connect("/v1/stream") as ws:
+        ws.send_text("hello")
+        assert "binary" in json.loads(ws.receive_text())["error"]
+        ws.send_bytes(b"")
+        assert json.loads(ws.receive_text())["error"] == "empty frame"
+        for _ in range(30):  # far faster than the server classifies
+            ws.send_bytes(jpg)
+        replies = []
+        while not replies or replies[-1]["frame"] + 1 + replies[-1]["dropped"] < 30:
+            replies.append(json.loads(ws.receive_text()))
+        assert replies[-1]["dropped"] > 0 and len(replies) < 30  # frames dropped, connection kept
+        assert all(len(r["faces"]) == 1 for r in replies)
+        ws.send_bytes(jpg)  # still alive
+        assert json.loads(ws.receive_text())["frame"] == len(replies)

@@ -292,20 +292,61 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
-        """Send JPEG/PNG frames as binary messages; each gets a JSON reply with tracked, smoothed faces."""
+        """Send JPEG/PNG frames as binary messages; each processed frame gets a JSON reply with tracked,
+        smoothed faces. A client that sends faster than the server works has frames dropped (the newest
+        waiting frame wins; replies say how many were dropped), never its connection. Text or empty
+        messages get an ``{"error": ...}`` reply."""
         await ws.accept()
         pipe = fresh_pipeline("ema")
+        send_lock = asyncio.Lock()
+        latest: list[bytes] = []  # at most one waiting frame
+        ready = asyncio.Event()
+        state = {"closed": False, "dropped": 0}
+
+        async def send(obj: dict) -> None:
+            async with send_lock:
+                await ws.send_text(json.dumps(obj))
+
+        async def reader() -> None:
+            try:
+                while True:
+                    msg = await ws.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        break
+                    data = msg.get("bytes")
+                    if data is None:
+                        await send({"error": "send frames as binary messages (JPEG or PNG bytes), not text"})
+                    elif not data:
+                        await send({"error": "empty frame"})
+                    elif len(data) > s.max_image_mb * 2**20:
+                        await send({"error": f"frame larger than the {s.max_image_mb:g} MB limit"})
+                    else:
+                        if latest:
+                            state["dropped"] += 1
+                            latest.clear()
+                        latest.append(data)
+                        ready.set()
+            except WebSocketDisconnect:
+                pass
+            finally:
+                state["closed"] = True
+                ready.set()
+
+        task = asyncio.create_task(reader())
         frame_no = 0
         try:
             while True:
-                data = await ws.receive_bytes()
-                if len(data) > s.max_image_mb * 2**20:
-                    await ws.send_text(json.dumps({"error": "frame too large"}))
+                await ready.wait()
+                ready.clear()
+                if not latest:
+                    if state["closed"]:
+                        break
                     continue
+                data = latest.pop()
                 try:
                     img = _decode_image(data, s.max_image_side)
                 except HTTPException as e:
-                    await ws.send_text(json.dumps({"error": e.detail}))
+                    await send({"error": e.detail})
                     continue
 
                 def work(img=img, i=frame_no):
@@ -313,19 +354,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                         return pipe.process(img, i)
 
                 results = await asyncio.to_thread(work)
-                await ws.send_text(
-                    json.dumps(
-                        {
-                            "frame": frame_no,
-                            "width": img.shape[1],
-                            "height": img.shape[0],
-                            "faces": _faces_out(results, True),
-                        }
-                    )
-                )
+                reply = {"frame": frame_no, "width": img.shape[1], "height": img.shape[0]}
+                reply.update(dropped=state["dropped"], faces=_faces_out(results, True))
+                await send(reply)
                 frame_no += 1
-        except WebSocketDisconnect:
-            return
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away mid-reply
+        finally:
+            task.cancel()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
