@@ -18,6 +18,7 @@ def _app():
         ServeSettings(
             data_dir=tempfile.mkdtemp(prefix="emolens-st-"),
             pipeline=PipelineSettings(detector="haar"),
+            hosts=["*"],
             max_queued_jobs=2,
         )
     )

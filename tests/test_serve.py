@@ -23,6 +23,7 @@ def app(tmp_path_factory):
         ServeSettings(
             data_dir=data,
             pipeline=PipelineSettings(detector="haar"),
+            hosts=["testserver"],
             max_image_mb=1.0,
             max_video_mb=3.0,
             max_queued_jobs=1,
@@ -167,7 +168,9 @@ def test_job_queue_is_bounded(tmp_path):
 
 
 def test_video_job_time_limit(tmp_path):
-    app = create_app(ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), job_timeout_s=0.0))
+    app = create_app(
+        ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), job_timeout_s=0.0, hosts=["*"])
+    )
     clip = sample_video(tmp_path / "c.mp4", n_frames=10)
     with TestClient(app) as c:
         job = c.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")}).json()["id"]
@@ -280,3 +283,47 @@ def test_websocket_answers_bad_messages_and_drops_frames_for_a_fast_client(clien
         assert all(len(r["faces"]) == 1 for r in replies)
         ws.send_bytes(jpg)  # still alive
         assert json.loads(ws.receive_text())["frame"] == len(replies)
+
+
+def test_origin_host_and_api_key_rules(tmp_path):
+    from starlette.websockets import WebSocketDisconnect
+
+    app = create_app(
+        ServeSettings(
+            data_dir=tmp_path,
+            pipeline=PipelineSettings(detector="haar"),
+            hosts=["testserver"],
+            allow_origins=["https://app.example"],
+            api_key="s3cret",
+        )
+    )
+    c = TestClient(app)
+    key = {"X-API-Key": "s3cret"}
+    assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200  # open paths
+    assert c.get("/v1/model").status_code == 401
+    assert c.get("/v1/model", headers=key).status_code == 200
+    assert c.get("/v1/model?api_key=s3cret").status_code == 200
+    # a page on another site (cross-site request, or WebSocket hijacking) is refused; same-origin is fine
+    evil = {**key, "Origin": "http://evil.example"}
+    assert c.get("/v1/model", headers=evil).status_code == 403
+    assert c.get("/v1/model", headers={**key, "Origin": "http://testserver"}).status_code == 200
+    r = c.get("/v1/model", headers={**key, "Origin": "https://app.example"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    # DNS rebinding: a Host name the server was not started for
+    assert c.get("/v1/model", headers={**key, "Host": "rebind.example"}).status_code == 400
+    with pytest.raises(WebSocketDisconnect):
+        with c.websocket_connect("/v1/stream?api_key=s3cret", headers={"Origin": "http://evil.example"}) as ws:
+            ws.receive_text()
+    with pytest.raises(WebSocketDisconnect):
+        with c.websocket_connect("/v1/stream") as ws:  # no key
+            ws.receive_text()
+    with c.websocket_connect("/v1/stream?api_key=s3cret", headers={"Origin": "http://testserver"}) as ws:
+        ws.send_bytes(_jpeg(sample_face()))
+        assert len(json.loads(ws.receive_text())["faces"]) == 1
+
+
+def test_serve_beyond_localhost_needs_an_api_key(capsys):
+    from emolens.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0", "--detector", "haar"]) == 2
+    assert "needs --api-key" in capsys.readouterr().err

@@ -263,11 +263,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
     )
     if a.data_dir:
         settings.data_dir = a.data_dir
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {a.host}: anyone who can reach this address can use the API", file=sys.stderr)
-    if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
-        import os
+    import os
 
+    settings.api_key = a.api_key or os.environ.get("EMOLENS_API_KEY") or None
+    settings.allow_origins = a.allow_origin or []
+    settings.hosts = a.allowed_host or ([] if a.host in ("127.0.0.1", "localhost", "::1") else [a.host])
+    if a.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        raise ValueError(f"serving on {a.host} (beyond this machine) needs --api-key KEY (or $EMOLENS_API_KEY)")
+    if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
         os.environ.update(settings_env(settings))
         uvicorn.run(
             "emolens.serve.app:app_from_env",
@@ -418,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
+    sv.add_argument(
+        "--allow-origin", action="append", metavar="ORIGIN", help="another web origin that may call the API (CORS)"
+    )
+    sv.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name clients use besides localhost (default: --host); '*' for any",
+    )
     _add_pipeline_flags(sv)
     sv.set_defaults(func=cmd_serve)
 

@@ -75,6 +75,49 @@ class ServeSettings:
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
     workers: int = 1  # worker processes sharing this machine (for the threads default)
+    allow_origins: list[str] = field(default_factory=list)  # other web origins that may call the API
+    hosts: list[str] = field(default_factory=list)  # Host names besides loopback the server answers ("*": any)
+    api_key: str | None = None  # required (X-API-Key header or ?api_key=) when set
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Paths served without an API key: the page itself, the docs and the liveness probe.
+OPEN_PATHS = ("/", "/healthz", "/docs", "/redoc", "/openapi.json", "/static-offline-docs")
+
+
+def _host_name(host_header: str) -> str:
+    h = host_header.strip().lower()
+    if h.startswith("["):  # [::1]:8000
+        return h[1 : h.find("]")]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def access_problem(s: ServeSettings, headers, path: str, query_key: str | None) -> tuple[int, str] | None:
+    """Why a request (or WebSocket handshake) must be refused, as ``(status, reason)``, or ``None``.
+
+    Host must be loopback or in ``s.hosts`` (DNS rebinding); a browser ``Origin`` must be this server's own or
+    in ``s.allow_origins`` (cross-site requests and WebSocket hijacking); the API key must match when set.
+    """
+    host = headers.get("host", "")
+    if "*" not in s.hosts and _host_name(host) not in (*LOOPBACK, *(h.lower() for h in s.hosts)):
+        return 400, f"Host {host!r} is not served here (emolens serve --allowed-host)"
+    origin = headers.get("origin")
+    if origin and origin != "null":
+        from urllib.parse import urlsplit
+
+        if (
+            urlsplit(origin).netloc.lower() != host.lower()
+            and origin not in s.allow_origins
+            and "*" not in s.allow_origins
+        ):
+            return 403, f"cross-origin request from {origin!r} refused (emolens serve --allow-origin)"
+    if s.api_key and not (path in OPEN_PATHS or path.startswith("/static-offline-docs/")):
+        import hmac
+
+        key = headers.get("x-api-key") or query_key or ""
+        if not hmac.compare_digest(key.encode(), s.api_key.encode()):
+            return 401, "missing or wrong API key (X-API-Key header or ?api_key=)"
+    return None
 
 
 class Box(BaseModel):
@@ -202,6 +245,23 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.jobs = s, jobs
 
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        problem = access_problem(s, request.headers, request.url.path, request.query_params.get("api_key"))
+        if problem:
+            return JSONResponse({"detail": problem[1]}, status_code=problem[0])
+        return await call_next(request)
+
+    if s.allow_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=s.allow_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
+
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
@@ -296,6 +356,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         smoothed faces. A client that sends faster than the server works has frames dropped (the newest
         waiting frame wins; replies say how many were dropped), never its connection. Text or empty
         messages get an ``{"error": ...}`` reply."""
+        problem = access_problem(s, ws.headers, "/v1/stream", ws.query_params.get("api_key"))
+        if problem:  # refused before the handshake completes (HTTP 403 to the client)
+            await ws.close(code=1008, reason=problem[1][:120])
+            return
         await ws.accept()
         pipe = fresh_pipeline("ema")
         send_lock = asyncio.Lock()
