@@ -327,3 +327,77 @@ def test_serve_beyond_localhost_needs_an_api_key(capsys):
 
     assert main(["serve", "--host", "0.0.0.0", "--detector", "haar"]) == 2
     assert "needs --api-key" in capsys.readouterr().err
+
+
+def test_video_uploads_are_sniffed_and_size_capped(tmp_path):
+    c = TestClient(
+        create_app(
+            ServeSettings(
+                data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), hosts=["testserver"], max_video_side=320
+            )
+        )
+    )
+    png = _jpeg(sample_face())  # image bytes sent as a video
+    r = c.post("/v1/video", files={"file": ("x.mp4", png, "video/mp4")})
+    assert r.status_code == 400 and "not a video" in r.json()["detail"]
+    clip = sample_video(tmp_path / "c.mp4", n_frames=5)  # 640x480 > 320
+    r = c.post("/v1/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")})
+    assert r.status_code == 413 and "640x480" in r.json()["detail"]
+    assert not any((tmp_path / "jobs").iterdir())  # refused uploads leave nothing behind
+
+
+def test_overload_gets_503_and_healthz_stays_fast(tmp_path, monkeypatch):
+    """A burst far beyond what the server can work: the surplus is told to come back (503 + Retry-After),
+    /healthz still answers at once, and requests that time out are not worked on afterwards."""
+    import asyncio
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from emolens.live.pipeline import Pipeline
+
+    calls = []
+    real = Pipeline.process
+
+    def slow(self, frame, *a, **k):
+        calls.append(time.time())
+        time.sleep(0.3)
+        return real(self, frame, *a, **k)
+
+    monkeypatch.setattr(Pipeline, "process", slow)
+    app = create_app(
+        ServeSettings(
+            data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), max_pending=4, request_timeout_s=1.0
+        )
+    )
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    while not srv.started:
+        time.sleep(0.05)
+    url, jpg = f"http://127.0.0.1:{port}", _jpeg(sample_face())
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=30) as c:
+            posts = [c.post(f"{url}/v1/predict", files={"file": ("a.jpg", jpg, "image/jpeg")}) for _ in range(20)]
+            tasks = [asyncio.create_task(p) for p in posts]
+            await asyncio.sleep(0.3)
+            t = time.perf_counter()
+            health = await c.get(f"{url}/healthz")
+            health_s = time.perf_counter() - t
+            return await asyncio.gather(*tasks), health, health_s
+
+    try:
+        replies, health, health_s = asyncio.run(burst())
+    finally:
+        srv.should_exit = True
+    codes = sorted(r.status_code for r in replies)
+    assert health.status_code == 200 and health_s < 0.1
+    assert codes.count(503) >= 10 and all(r.headers["retry-after"] == "1" for r in replies if r.status_code == 503)
+    assert set(codes) <= {200, 503, 504} and 200 in codes
+    time.sleep(1.5)
+    assert len(calls) <= 4 + 1  # timed-out requests that had not started were never worked on

@@ -74,6 +74,8 @@ class ServeSettings:
     request_timeout_s: float = 20.0
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
+    max_pending: int = 8  # predictions that may wait per worker before 503
+    max_video_side: int = 4096  # larger video frames are refused before any is decoded
     workers: int = 1  # worker processes sharing this machine (for the threads default)
     allow_origins: list[str] = field(default_factory=list)  # other web origins that may call the API
     hosts: list[str] = field(default_factory=list)  # Host names besides loopback the server answers ("*": any)
@@ -165,6 +167,25 @@ class ModelInfo(BaseModel):
 
 def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
     return [r.to_record(track=with_track) for r in results]
+
+
+def _check_video(path: Path, max_side: int) -> None:
+    """Refuse bytes that are no video container (400) and frames over ``max_side`` (413) before decoding any."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    is_video = (
+        head[4:8] == b"ftyp"  # MP4 / MOV / M4V
+        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+        or head[:4] == b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+        or head[4:8] in (b"moov", b"mdat", b"wide", b"free")  # older QuickTime
+    )
+    if not is_video:
+        raise HTTPException(400, "the uploaded file is not a video (MP4, MOV, AVI, MKV or WebM)")
+    cap = cv2.VideoCapture(str(path))
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    cap.release()
+    if max(w, h) > max_side:
+        raise HTTPException(413, f"video frames are {w}x{h}; the limit is {max_side} px per side")
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -264,10 +285,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: answers at once however busy the inference threads are
         return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/v1/model", response_model=ModelInfo)
@@ -287,21 +308,36 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             },
         }
 
-    @app.post("/v1/predict", response_model=PredictOut, responses={400: {}, 413: {}, 415: {}, 504: {}})
+    waiting = [0]  # predictions accepted and not finished (one runs at a time, the rest wait for the lock)
+
+    @app.post("/v1/predict", response_model=PredictOut, responses={400: {}, 413: {}, 415: {}, 503: {}, 504: {}})
     async def predict(file: UploadFile = File(...)) -> dict:
-        """Every face in an uploaded image: box, label, confidence and all class probabilities."""
+        """Every face in an uploaded image: box, label, confidence and all class probabilities.
+
+        At most ``max_pending`` predictions wait at a time (503 + ``Retry-After`` beyond); one that passes the
+        time limit (504) is dropped if it has not started yet.
+        """
         _media_type(file, IMAGE_TYPES, IMAGE_EXT)
+        if waiting[0] >= s.max_pending:
+            raise HTTPException(503, "busy: too many predictions waiting", headers={"Retry-After": "1"})
         data = await _read_limited(file, s.max_image_mb)
         img = _decode_image(data, s.max_image_side)
+        cancelled = threading.Event()
 
         def work():
             with lock:
+                if cancelled.is_set():  # its client has had a 504 already: don't spend the time
+                    return None
                 return fresh_pipeline().process(img)
 
+        waiting[0] += 1
         try:
             results = await asyncio.wait_for(asyncio.to_thread(work), s.request_timeout_s)
         except TimeoutError:
+            cancelled.set()
             raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
+        finally:
+            waiting[0] -= 1
         return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, False)}
 
     @app.post("/v1/video", status_code=202, response_model=JobOut, responses={400: {}, 413: {}, 415: {}, 429: {}})
@@ -313,6 +349,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         try:
             with open(target, "wb") as f:
                 await _read_limited(file, s.max_video_mb, dest=f)
+            _check_video(target, s.max_video_side)
             cap = cv2.VideoCapture(str(target))
             ok = cap.isOpened() and cap.read()[0]
             cap.release()
