@@ -259,6 +259,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_video_mb=a.max_video_mb,
         request_timeout_s=a.timeout,
         max_queued_jobs=a.max_jobs,
+        max_pending=a.max_pending,
         workers=a.workers,
     )
     if a.data_dir:
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-video-mb", type=float, default=200.0)
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
+    sv.add_argument("--max-pending", type=int, default=8, help="image predictions that may wait (503 beyond)")
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
     sv.add_argument(
