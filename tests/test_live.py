@@ -398,3 +398,20 @@ def test_annotated_video_is_h264_and_survives_a_kill(tmp_path):
         assert c.streams.video[0].codec_context.name == "h264"
         frames = sum(1 for _ in c.decode(video=0))
     assert frames >= 50  # everything up to the last finished fragment (one per second of video)
+
+
+def test_every_n_reports_every_face_of_every_frame_with_stable_ids(classifier, tmp_path):
+    clip = tmp_path / "c.avi"
+    make_clip([sample_face(), cv2.flip(sample_face(), 1)], clip, n_frames=40)
+    pipe = Pipeline(classifier, HaarDetector(), Smoother("ema"))
+    full = pipe.run(str(clip), rows=tmp_path / "all.csv", progress=False)
+    calls = []
+    real = pipe.classify
+    pipe.classify = lambda frame, faces, exact=False: calls.append(len(faces)) or real(frame, faces, exact)
+    every = pipe.run(str(clip), rows=tmp_path / "every.csv", every=5, progress=False)
+    rows_all = list(csv.DictReader(open(tmp_path / "all.csv")))
+    rows_every = list(csv.DictReader(open(tmp_path / "every.csv")))
+    assert len(rows_every) == len(rows_all) >= 70  # no face under-reported
+    assert {r["track_id"] for r in rows_every} == {r["track_id"] for r in rows_all}  # same IDs, no new ones
+    assert len(calls) <= 40 / 5 + 2  # classified on every 5th frame (and for new faces) only
+    assert every["frames"] == full["frames"] == 40

@@ -400,7 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--jsonl", help="the same rows as JSON lines")
     lv.add_argument("--summary", help="folder for summary.json and timeline.png")
     lv.add_argument("--show", action="store_true", help="open a window (where a display exists)")
-    lv.add_argument("--every", type=int, default=1, help="classify every Nth frame of a file (others reuse it)")
+    lv.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="classify every Nth frame of a file (faces are still detected and tracked on every frame)",
+    )
     lv.add_argument("--max-frames", type=int, help="stop after this many frames")
     lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
     _add_pipeline_flags(lv)

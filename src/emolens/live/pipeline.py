@@ -116,6 +116,7 @@ class Pipeline:
         self.tracker = tracker or IoUTracker()
         self.margin, self.align = margin, align
         self.timer = StageTimer()
+        self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track -> last (smoothed, raw) probabilities
 
     @property
     def classes(self) -> list[str]:
@@ -125,6 +126,7 @@ class Pipeline:
         """Forget all tracks and smoothing state (e.g. between unrelated images or videos)."""
         self.tracker.reset()
         self.smoother.reset()
+        self._held.clear()
 
     def classify(self, frame: np.ndarray, faces: list[Face], exact: bool = False) -> np.ndarray:
         """Raw class probabilities for ``faces`` of ``frame`` (one batched forward pass).
@@ -137,38 +139,56 @@ class Pipeline:
         return self.classifier.predict(crops)
 
     def process(
-        self, frame: np.ndarray, index: int = 0, faces: list[Face] | None = None, exact: bool = False
+        self,
+        frame: np.ndarray,
+        index: int = 0,
+        faces: list[Face] | None = None,
+        exact: bool = False,
+        classify: bool = True,
     ) -> list[FaceResult]:
         """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame.
 
         ``exact`` classifies the given ``faces`` boxes as they are instead of cutting the FER-like crop.
+        ``classify=False`` (``--every N``'s in-between frames) still detects and tracks every face, but
+        reuses each known track's last probabilities; only faces of new tracks are classified.
         """
         t = time.perf_counter()
         if faces is None:
             faces = self.detector.detect(frame)
-        t1 = time.perf_counter()
-        probs = self.classify(frame, faces, exact)
-        t2 = time.perf_counter()
         ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
         self.smoother.drop(dropped)
+        for tid in dropped:
+            self._held.pop(tid, None)
+        t1 = time.perf_counter()
+        todo = [i for i, tid in enumerate(ids) if classify or tid not in self._held]
+        probs: list[np.ndarray | None] = [None] * len(faces)
+        if todo:
+            for i, p in zip(todo, self.classify(frame, [faces[i] for i in todo], exact), strict=True):
+                probs[i] = p
+        t2 = time.perf_counter()
         out = []
         H, W = frame.shape[:2]
         classes = tuple(self.classes)
         for f, p, tid in zip(faces, probs, ids, strict=True):
-            sp = self.smoother.update(tid, p)
+            if p is None:  # a known face on a frame that is not classified: hold its last result
+                sp, p = self._held[tid]
+            else:
+                sp = self.smoother.update(tid, p)
+                self._held[tid] = (sp, p)
             k = int(np.argmax(sp))
             out.append(FaceResult(clip_box(f.box, W, H), tid, sp, classes[k], float(sp[k]), f.score, p, classes))
         t3 = time.perf_counter()
-        self.timer.add("detect", t1 - t)
+        self.timer.add("detect", t1 - t)  # (with tracking)
         self.timer.add("classify", t2 - t1)
-        self.timer.add("track", t3 - t2)
+        self.timer.add("track", t3 - t2)  # (smoothing and results)
         return out
 
     def stream(self, source: str | int, every: int = 1, max_frames: int | None = None) -> Iterator[FrameResult]:
         """Per-frame results of a video file, camera index, stream URL or ``"screen"``, as they are made.
 
-        Tracking and smoothing start fresh for each stream. ``every`` classifies every Nth frame of a
-        file (the frames in between repeat the last faces, ``fresh=False``). Closing the generator (or
+        Tracking and smoothing start fresh for each stream. ``every`` classifies every Nth frame of a file;
+        the frames in between (``fresh=False``) are still detected and tracked, each face keeping its
+        track's last emotion. Closing the generator (or
         breaking out of the loop) releases the source.
         """
         src = FrameSource(source, max_frames=max_frames)
@@ -179,14 +199,11 @@ class Pipeline:
 
     def _frames(self, src: FrameSource, every: int) -> Iterator[FrameResult]:
         self.reset()
-        last: list[FaceResult] = []
         t_prev = time.perf_counter()
         for i, ts, frame in src:
             self.timer.add("decode", time.perf_counter() - t_prev)
             fresh = i % every == 0 or src.live
-            if fresh:
-                last = self.process(frame, i)
-            yield FrameResult(i, ts, frame, last, fresh)
+            yield FrameResult(i, ts, frame, self.process(frame, i, classify=fresh), fresh)
             t_prev = time.perf_counter()
 
     def run(
@@ -201,12 +218,15 @@ class Pipeline:
         summary_dir: str | Path | None = None,
         progress: bool = True,
         on_frame: Callable[[int, int | None], None] | None = None,
+        stop: Callable[[], str | None] | None = None,
     ) -> dict:
         """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
 
         Built on :meth:`stream`. ``on_frame(frames_done, frames_expected)`` is called after each frame
-        (progress reporting). Rows are flushed every frame and the video writer is released on any error,
-        so work done before a failure is kept. Returns the summary dict (also written as ``summary.json``).
+        (progress reporting). ``stop()`` is asked after each frame: a reason string ends the run there, cleanly
+        (files closed, ``stop_reason`` set to it). Rows are flushed every frame and the video writer is
+        released on any error, so work done before a failure is kept. Returns the summary dict (also written
+        as ``summary.json``).
         """
         src = FrameSource(source, max_frames=max_frames)
         self.timer = StageTimer()  # stage timings of this run only
@@ -216,7 +236,7 @@ class Pipeline:
         window = "emolens" if show and _has_display() else None
         if show and window is None:
             log.warning("no display available: --show ignored, writing files only")
-        t_start, n = time.perf_counter(), 0
+        t_start, n, stopped = time.perf_counter(), 0, None
         total = src.expected_frames if not src.live else None
         if max_frames and total:
             total = min(total, max_frames)
@@ -224,10 +244,9 @@ class Pipeline:
             frames = tqdm(self._frames(src, every), total=total, desc=f"live {src.spec}", disable=not progress)
             for fr in frames:
                 t0 = time.perf_counter()
-                if fr.fresh:
-                    if writer:
-                        writer.write(fr.index, fr.time_s, fr.faces, src.spec)
-                    summary.add(fr.time_s, fr.faces)
+                if writer:  # every face of every frame (with --every N too)
+                    writer.write(fr.index, fr.time_s, fr.faces, src.spec)
+                summary.add(fr.time_s, fr.faces)
                 n += 1
                 frame = fr.frame
                 if output or window:
@@ -250,6 +269,9 @@ class Pipeline:
                 self.timer.add("loop", time.perf_counter() - t0)
                 if on_frame is not None:
                     on_frame(n, total)
+                if stop is not None and (reason := stop()):
+                    stopped = reason
+                    break
         finally:
             if writer:
                 writer.close()
@@ -269,7 +291,8 @@ class Pipeline:
             ended_early=src.ended_early,
             stage_ms=self.timer.ms_per_frame(n),
         )
-        result["stop_reason"] = src.stop_reason
+        result["stop_reason"] = stopped or src.stop_reason
+        result["stopped"] = stopped is not None
         if src.ended_early:
             log.warning("%s; the %d frames read so far are saved", src.stop_reason, n)
         if summary_dir:

@@ -245,14 +245,23 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             if time.monotonic() - saved[0] > 0.5:  # progress visible to the other worker processes
                 saved[0] = time.monotonic()
                 jobs.save(job)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"video processing passed the {s.job_timeout_s:g} s limit")
+
+        def past_deadline() -> str | None:
+            return f"video processing passed the {s.job_timeout_s:g} s limit" if time.monotonic() > deadline else None
 
         # The job has a detector of its own (detectors keep state), so requests are not blocked by a long video.
         pipe = ps.build(classifier, ps.make_detector())
-        return pipe.run(
-            str(video), output=folder / "annotated.mp4", rows=folder / "results.csv", progress=False, on_frame=on_frame
+        summary = pipe.run(
+            str(video),
+            output=folder / "annotated.mp4",
+            rows=folder / "results.csv",
+            progress=False,
+            on_frame=on_frame,
+            stop=past_deadline,
         )
+        if summary["stopped"]:  # files are closed and kept; the job reports why it ended
+            raise TimeoutError(summary["stop_reason"])
+        return summary
 
     jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs)
     try:  # /docs and /redoc from files inside fastapi-offline, so they work offline (FastAPI's load a CDN)
@@ -380,11 +389,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         job = _job(job_id)
         if name not in ("results.csv", "results.json", "annotated.mp4"):
             raise HTTPException(404, "no such result; use results.csv, results.json or annotated.mp4")
-        if job.status != "done":
+        path = jobs.folder(job_id) / name
+        partial = job.status == "failed" and name != "results.json" and path.is_file()
+        if job.status != "done" and not partial:  # a failed job's partial CSV/video stay downloadable
             raise HTTPException(409, f"job is {job.status}")
         if name == "results.json":
             return JSONResponse(job.summary)
-        path = jobs.folder(job_id) / name
         return FileResponse(path, media_type="text/csv" if name.endswith(".csv") else "video/mp4", filename=name)
 
     @app.websocket("/v1/stream")
