@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,29 @@ def run_one(
     direct = clf.predict(np.stack([f for f, _ in faces])).argmax(1)  # the same faces, no detector, no resize
     direct_acc = float(np.mean([clf.classes[p] == y for p, y in zip(direct, labels, strict=True)]))
     pipe = Pipeline(clf, create_detector(detector, model=yunet), margin=margin)
-    rows = tmp / "rows.csv"
-    s = pipe.run(str(clip), output=tmp / "out.mp4", rows=rows, progress=False)
-    det = list(csv.DictReader(open(rows)))
+    # what `emolens live --output` does, built on Pipeline.stream: results come back per frame, no CSV re-read
+    from emolens.live.render import draw_faces, draw_fps
+    from emolens.live.writers import open_video_writer
+
     by_frame: dict[int, list] = {}
-    for r in det:
-        by_frame.setdefault(int(r["frame"]), []).append(r)
+    video, n, t0 = None, 0, time.perf_counter()
+    for fr in pipe.stream(str(clip)):
+        by_frame[fr.index] = [
+            {"x": r.box[0], "y": r.box[1], "w": r.box[2], "h": r.box[3], "label": r.label} for r in fr.faces
+        ]
+        n += 1
+        t1 = time.perf_counter()
+        draw_faces(fr.frame, fr.faces, pipe.classes)
+        draw_fps(fr.frame, n / (t1 - t0))
+        pipe.timer.add("draw", time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        if video is None:
+            video = open_video_writer(tmp / "out.mp4", 25.0, (fr.frame.shape[1], fr.frame.shape[0]))
+        video.write(fr.frame)
+        pipe.timer.add("encode", time.perf_counter() - t1)
+    video.release()
+    elapsed = time.perf_counter() - t0
+    s = {"frames_read": n, "fps": round(n / elapsed, 2), "stage_ms": pipe.timer.ms_per_frame(n)}
     hit = correct = total = false_pos = 0
     for t, gt in enumerate(truth):
         cand = by_frame.get(t, [])
