@@ -1,9 +1,13 @@
 """Load test of ``POST /v1/predict`` on loopback: requests/second and p50/p95 latency, 1 and 4 workers.
 
 Starts ``emolens serve`` itself, sends a bounded number of requests (the sample face, 220x230 JPEG) from
-``--concurrency`` client threads, then stops the server.
+``--concurrency`` client threads, then stops the server. During the load a separate client polls
+``/healthz`` every 50 ms (its p95 latency is reported), and afterwards 30 fresh connections to ``/healthz``
+count the worker processes that answer (``pids``). Status codes other than 200 (503 when more than
+``--max-pending`` predictions wait) are counted.
 
     python benchmarks/serve_load.py [--requests 200] [--concurrency 8] [--workers 1,4]
+    python benchmarks/serve_load.py --concurrency 64 --workers 1 --name serve_overload   # overload
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,21 +78,45 @@ def run(workers: int, n: int, conc: int, detector: str, timeout: float) -> dict:
                 r = client.post(url + "/v1/predict", files={"file": ("a.jpg", img, "image/jpeg")})
                 return time.perf_counter() - t, r.status_code
 
+            health: list[float] = []
+            done = threading.Event()
+
+            def poll_health() -> None:
+                with httpx.Client(timeout=timeout) as hc:
+                    while not done.is_set():
+                        t = time.perf_counter()
+                        hc.get(url + "/healthz")
+                        health.append(time.perf_counter() - t)
+                        time.sleep(0.05)
+
+            poller = threading.Thread(target=poll_health)
+            poller.start()
             t = time.perf_counter()
             with ThreadPoolExecutor(conc) as ex:
                 res = list(ex.map(one, range(n)))
             wall = time.perf_counter() - t
+            done.set()
+            poller.join()
+        pids = set()
+        for _ in range(30):
+            with httpx.Client(timeout=timeout) as fresh:
+                pids.add(fresh.get(url + "/healthz").json()["pid"])
         lat = np.array([r[0] for r in res]) * 1000
-        ok = sum(r[1] == 200 for r in res)
+        ok = [r for r in res if r[1] == 200]
+        ok_lat = np.array([r[0] for r in ok]) * 1000 if ok else lat
         return {
             "workers": workers,
+            "pids": len(pids),
             "requests": n,
             "concurrency": conc,
-            "ok": ok,
-            "req_s": n / wall,
-            "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)),
+            "ok": len(ok),
+            "status_503": sum(r[1] == 503 for r in res),
+            "other_errors": sum(r[1] not in (200, 503) for r in res),
+            "ok_req_s": len(ok) / wall,
+            "p50_ms": float(np.percentile(ok_lat, 50)),
+            "p95_ms": float(np.percentile(ok_lat, 95)),
             "max_ms": float(lat.max()),
+            "healthz_p95_ms": float(np.percentile(np.array(health) * 1000, 95)) if health else None,
         }
     finally:
         srv.terminate()
@@ -101,12 +130,20 @@ def main() -> None:
     ap.add_argument("--workers", default="1,4")
     ap.add_argument("--detector", default="haar")
     ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--name", default="serve_load", help="results/<name>.json")
     a = ap.parse_args()
     rows = [run(int(w), a.requests, a.concurrency, a.detector, a.timeout) for w in a.workers.split(",")]
-    print_table(rows, ["workers", "requests", "concurrency", "ok", "req_s", "p50_ms", "p95_ms", "max_ms"])
+    print_table(rows, list(rows[0]))
     save(
-        "serve_load",
-        {"endpoint": "POST /v1/predict", "image": "sample face 220x230 JPEG", "detector": a.detector, "rows": rows},
+        a.name,
+        {
+            "command": " ".join(sys.argv),
+            "endpoint": "POST /v1/predict",
+            "image": "sample face 220x230 JPEG",
+            "detector": a.detector,
+            "note": "server threads: the default (half the cores / workers, at least 1); client on the same machine",
+            "rows": rows,
+        },
     )
 
 
