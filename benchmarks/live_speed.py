@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--detectors", default="haar,yunet")
     ap.add_argument("--faces", default="1,3,8")
     ap.add_argument("--margin", type=float, default=0.0, help="face-box margin per side (as the CLI's --margin)")
-    ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI default, half the cores)")
+    ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI default, all cores)")
     ap.add_argument("--name", default="live_speed", help="results/<name>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -141,7 +141,7 @@ def main() -> None:
             "endpoint": "POST /v1/predict",
             "image": "sample face 220x230 JPEG",
             "detector": a.detector,
-            "note": "server threads: the default (half the cores / workers, at least 1); client on the same machine",
+            "note": "server threads: the default (cores // workers, at least 1); client on the same machine",
             "rows": rows,
         },
     )

@@ -330,7 +330,7 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=d.threads,
-        help="PyTorch threads for the classifier (default 0: half the CPU cores, the rest left to OpenCV)",
+        help="PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
     )
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (cuda if available)")
 

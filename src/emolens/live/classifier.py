@@ -12,13 +12,17 @@ import torch
 from ..checkpoint import build_from_checkpoint, load_checkpoint
 from ..transforms import Preprocess
 
-DEFAULT_WEIGHTS = "fernet_ferplus.pt"
+DEFAULT_WEIGHTS = "fernet_v2.pt"
 
 
-def default_threads() -> int:
-    """PyTorch threads for inference: half the cores (at least 1), leaving the rest to OpenCV's decoding and
-    detection; the faces of one frame are a tiny batch that more threads barely speed up."""
-    return max(1, (os.cpu_count() or 2) // 2)
+def default_threads(processes: int = 1) -> int:
+    """PyTorch threads for inference: the cores shared out among ``processes`` (e.g. server workers), at
+    least 1, so N processes never run more than one thread per core between them.
+
+    Measured on 2 cores (``benchmarks/live_speed.py``): one live pipeline runs 8 faces at 30 FPS with 2
+    threads and 18 with 1, so a single process takes all cores.
+    """
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
 def resolve_device(name: str = "cpu") -> str:

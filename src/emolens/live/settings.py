@@ -28,7 +28,7 @@ class PipelineSettings:
     smooth: str = "ema"  # ema | window | none (streams; still images are never smoothed)
     alpha: float = 0.35  # EMA weight of the newest frame
     window: int = 8  # frames averaged by smooth="window"
-    threads: int = 0  # PyTorch threads; 0: half the CPU cores
+    threads: int = 0  # PyTorch threads; 0: the CPU cores (serve: shared out among its workers)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
     @classmethod

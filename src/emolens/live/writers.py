@@ -102,7 +102,7 @@ class AVWriter:
         self._s.width, self._s.height = size[0] - size[0] % 2, size[1] - size[1] % 2  # yuv420p: even sizes
         self._s.pix_fmt = "yuv420p"
         self._s.options = (
-            {"preset": "veryfast", "crf": "23", "g": str(rate)}
+            {"preset": "ultrafast", "tune": "zerolatency", "threads": "1", "crf": "23", "g": str(rate)}
             if ext != ".webm"
             else {"deadline": "realtime", "g": str(rate)}
         )
