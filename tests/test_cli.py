@@ -291,3 +291,28 @@ def test_cache_build_cleans_up_after_a_killed_build(tmp_path):
     stale.write_bytes(b"x" * 1000)
     path = attach_cache(ds, tmp_path / "c", progress=False)
     assert path.is_file() and not stale.exists()
+
+
+def test_export_without_onnx_and_unknown_split_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as after a plain `pip install emolens`
+    assert main(["export", "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'emolens[onnx]'" in err[0]
+    root = make_folder_dataset(tmp_path / "d", per_class=4, size=32)
+    assert main(["evaluate", "--dataset", "folder", "--root", str(root), "--split", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown split 'nope'" in err[0]
+
+
+def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
+    make_folder_dataset(tmp_path / "d", per_class=12, size=32, split_dirs=True)
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", "fernet_tiny", "--image-size", "32", "--workers", "0", "--no-progress", "--no-cache"]
+    args = ["train", "--root", "d", "--dataset", "folder", "--extra-data", "folder=d*2", "--epochs", "1"]
+    assert main([*args, "--out", "run", *common]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["root"] == str(tmp_path / "d") and cfg["extra_data"] == [f"folder={tmp_path / 'd'}*2"]
+    monkeypatch.chdir(tmp_path / "d")  # resume from elsewhere: the data is still found
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"]) == 0

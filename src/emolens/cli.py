@@ -79,6 +79,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             setattr(cfg, f.name, v)
     if not cfg.root:
         raise ValueError("--root is required (the dataset folder)")
+    if not a.resume:  # config.json records absolute data paths, so the run resumes from any folder
+        from .data import parse_data_spec
+
+        cfg.root = str(Path(cfg.root).resolve())
+        specs = [parse_data_spec(x) for x in cfg.extra_data]
+        cfg.extra_data = [f"{k}={Path(r).resolve()}" + (f"*{n}" if n > 1 else "") for k, r, n in specs]
     out = train(cfg, resume=a.resume)
     print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
     return 0
