@@ -115,7 +115,7 @@ def test_video_job_lifecycle(client, tmp_path):
 
 def test_video_bad_input_and_paths(client, app):
     r = client.post("/v1/video", files={"file": ("x.mp4", b"junk" * 100, "video/mp4")})
-    assert r.status_code == 400 and "not a readable video" in r.json()["detail"]
+    assert r.status_code == 400 and "not a video" in r.json()["detail"]
     assert client.get("/v1/video/0123456789abcdef0123456789abcdef").status_code == 404
     assert client.get("/v1/video/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert client.get("/v1/video/../../etc/passwd").status_code == 404

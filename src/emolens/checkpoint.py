@@ -80,10 +80,11 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_cl
         import re
 
         found = re.search(r"GLOBAL ([\w.]+)", str(e))  # the class or function the pickle wanted to call
-        what = f"({found.group(1)})" if found else ""
+        if not found:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError: {e})") from None
         raise CheckpointError(
-            f"{path}: refused: the file holds Python objects beyond weights and plain data {what}".rstrip()
-            + ", which could run code when loaded; emolens checkpoints never do"
+            f"{path}: refused: the file holds Python objects beyond weights and plain data ({found.group(1)}), "
+            "which could run code when loaded; emolens checkpoints never do"
         ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
