@@ -315,4 +315,4 @@ def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["root"] == str(tmp_path / "d") and cfg["extra_data"] == [f"folder={tmp_path / 'd'}*2"]
     monkeypatch.chdir(tmp_path / "d")  # resume from elsewhere: the data is still found
-    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--root", "."]) == 0

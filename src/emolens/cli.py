@@ -55,6 +55,20 @@ RESUME_FROZEN = (
 )
 
 
+def _data_paths(key: str, value):
+    """``root`` / ``extra_data`` values with absolute paths (other keys unchanged)."""
+    from pathlib import Path
+
+    if key == "root" and value:
+        return str(Path(value).resolve())
+    if key == "extra_data" and value:
+        from .data import parse_data_spec
+
+        specs = [parse_data_spec(x) for x in value]
+        return [f"{k}={Path(r).resolve()}" + (f"*{n}" if n > 1 else "") for k, r, n in specs]
+    return value
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -69,7 +83,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         changed = [
             f"--{k.replace('_', '-')} ({getattr(cfg, k)!r} -> {getattr(a, k)!r})"
             for k in RESUME_FROZEN
-            if getattr(a, k) is not None and getattr(a, k) != getattr(cfg, k)
+            if getattr(a, k) is not None and _data_paths(k, getattr(a, k)) != _data_paths(k, getattr(cfg, k))
         ]
         if changed:
             raise ValueError(f"--resume keeps the run's settings; these would change it: {', '.join(changed)}")
@@ -80,11 +94,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not cfg.root:
         raise ValueError("--root is required (the dataset folder)")
     if not a.resume:  # config.json records absolute data paths, so the run resumes from any folder
-        from .data import parse_data_spec
-
-        cfg.root = str(Path(cfg.root).resolve())
-        specs = [parse_data_spec(x) for x in cfg.extra_data]
-        cfg.extra_data = [f"{k}={Path(r).resolve()}" + (f"*{n}" if n > 1 else "") for k, r, n in specs]
+        cfg.root, cfg.extra_data = _data_paths("root", cfg.root), _data_paths("extra_data", cfg.extra_data)
     out = train(cfg, resume=a.resume)
     print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
     return 0
@@ -125,7 +135,7 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
             f"{row['tau']:6.2f} {row['accuracy']:9.4f} {row['balanced_accuracy']:9.4f} {row['macro_f1']:9.4f} "
             f"{row['min_recall']:10.4f}{mark}"
         )
-    print(f"wrote {r['out']} (tau={r['tau']:+.2f}, chosen by {r['metric']} on {a.dataset}/{a.split})")
+    print(f"wrote {r['out']} (tau={r['tau']:+.2f}, chosen by {r['metric']} on {r['selected_on']})")
     return 0
 
 

@@ -76,7 +76,7 @@ def rebalance(
     progress: bool = True,
 ) -> dict:
     """Choose ``tau`` on ``dataset``/``split`` by ``metric``, fold ``tau * log(prior)`` into the output bias,
-    write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out"}``."""
+    write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out", "selected_on"}``."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import (
@@ -112,4 +112,4 @@ def rebalance(
         "previous": ckpt.get("prior_shift"),
     }
     save_atomic(ckpt, out)
-    return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out)}
+    return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out), "selected_on": ds.name}

@@ -73,7 +73,8 @@ def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
 class FrameResult:
     """One frame of a stream: its index, time (s), the BGR frame itself and its faces.
 
-    ``fresh`` is False for frames skipped by ``every`` (their ``faces`` are the last classified ones).
+    ``fresh`` is False for the frames ``every`` does not classify (their faces are detected and tracked,
+    each with its track's last probabilities).
     """
 
     index: int
