@@ -284,7 +284,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     settings.api_key = a.api_key or os.environ.get("EMOLENS_API_KEY") or None
     settings.allow_origins = a.allow_origin or []
-    settings.hosts = a.allowed_host or ([] if a.host in ("127.0.0.1", "localhost", "::1") else [a.host])
+    # bound to localhost: only localhost names (DNS rebinding); bound beyond it: any name, the API key guards it
+    settings.hosts = a.allowed_host or ([] if a.host in ("127.0.0.1", "localhost", "::1") else ["*"])
     if a.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         raise ValueError(f"serving on {a.host} (beyond this machine) needs --api-key KEY (or $EMOLENS_API_KEY)")
     if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--allowed-host",
         action="append",
         metavar="NAME",
-        help="a Host name clients use besides localhost (default: --host); '*' for any",
+        help="a Host name clients use besides localhost (default: none on localhost, any beyond it); '*' for any",
     )
     _add_pipeline_flags(sv)
     sv.set_defaults(func=cmd_serve)
