@@ -405,3 +405,18 @@ def test_overload_gets_503_and_healthz_stays_fast(tmp_path, monkeypatch):
     assert set(codes) <= {200, 503, 504} and 200 in codes
     time.sleep(1.5)
     assert len(calls) <= 4 + 1  # timed-out requests that had not started were never worked on
+
+
+def test_serve_flags_reach_the_settings(monkeypatch):
+    from emolens.cli import build_parser, serve_settings
+
+    monkeypatch.delenv("EMOLENS_API_KEY", raising=False)
+    a = build_parser().parse_args(
+        ["serve", "--max-pending", "3", "--max-jobs", "2", "--timeout", "5", "--workers", "2", "--api-key", "k",
+         "--allow-origin", "https://a.example", "--allowed-host", "box.lan", "--margin", "0.1", "--threads", "1"]
+    )  # fmt: skip
+    s = serve_settings(a)
+    assert (s.max_pending, s.max_queued_jobs, s.request_timeout_s, s.workers) == (3, 2, 5.0, 2)
+    assert (s.api_key, s.allow_origins, s.hosts) == ("k", ["https://a.example"], ["box.lan"])
+    assert (s.pipeline.margin, s.pipeline.threads) == (0.1, 1)
+    assert serve_settings(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--api-key", "k"])).hosts == ["*"]

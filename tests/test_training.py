@@ -211,6 +211,10 @@ def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
     ens = ensemble_checkpoints([a / "best.pt", b / "best.pt"])
     assert ens["model"] == "fernet_tiny_x2" and "optimizer" not in ens
     save_atomic(ens, tmp_path / "e.pt")
+    from emolens.cli import main
+
+    assert main(["ensemble", str(a / "best.pt"), str(b / "best.pt"), "--out", str(tmp_path / "cli.pt")]) == 0
+    assert load_checkpoint(tmp_path / "cli.pt")["model"] == "fernet_tiny_x2"
     model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "e.pt"))
     ma, _ = build_from_checkpoint(load_checkpoint(a / "best.pt"))
     mb, _ = build_from_checkpoint(load_checkpoint(b / "best.pt"))

@@ -259,15 +259,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(a: argparse.Namespace) -> int:
-    try:
-        import uvicorn
+LOCALHOST = ("127.0.0.1", "localhost", "::1")
 
-        from .serve import ServeSettings, create_app
-        from .serve.app import settings_env
-    except ImportError as e:
-        raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
+
+def serve_settings(a: argparse.Namespace):
+    """The :class:`~emolens.serve.app.ServeSettings` that ``emolens serve`` flags ask for."""
+    import os
+
     from .live.settings import PipelineSettings
+    from .serve import ServeSettings
 
     settings = ServeSettings(
         pipeline=PipelineSettings.from_namespace(a),
@@ -277,17 +277,29 @@ def cmd_serve(a: argparse.Namespace) -> int:
         max_queued_jobs=a.max_jobs,
         max_pending=a.max_pending,
         workers=a.workers,
+        api_key=a.api_key or os.environ.get("EMOLENS_API_KEY") or None,
+        allow_origins=a.allow_origin or [],
+        # bound to localhost: only localhost names (DNS rebinding); beyond it: any name, the API key guards it
+        hosts=a.allowed_host or ([] if a.host in LOCALHOST else ["*"]),
     )
     if a.data_dir:
         settings.data_dir = a.data_dir
+    if a.host not in LOCALHOST and not settings.api_key:
+        raise ValueError(f"serving on {a.host} (beyond this machine) needs --api-key KEY (or $EMOLENS_API_KEY)")
+    return settings
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import create_app
+        from .serve.app import settings_env
+    except ImportError as e:
+        raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
     import os
 
-    settings.api_key = a.api_key or os.environ.get("EMOLENS_API_KEY") or None
-    settings.allow_origins = a.allow_origin or []
-    # bound to localhost: only localhost names (DNS rebinding); bound beyond it: any name, the API key guards it
-    settings.hosts = a.allowed_host or ([] if a.host in ("127.0.0.1", "localhost", "::1") else ["*"])
-    if a.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        raise ValueError(f"serving on {a.host} (beyond this machine) needs --api-key KEY (or $EMOLENS_API_KEY)")
+    settings = serve_settings(a)
     if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
         os.environ.update(settings_env(settings))
         uvicorn.run(

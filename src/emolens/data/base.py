@@ -26,6 +26,10 @@ class DataError(ValueError):
     """Bad dataset input: the message names the file and what is wrong."""
 
 
+class ImageTooLarge(DataError):
+    """An image whose header claims more pixels than allowed; nothing was decoded."""
+
+
 @dataclass
 class Sample:
     """One face: an image file (or in-memory pixels), an optional face box and its labels."""
@@ -66,17 +70,23 @@ def header_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def decode_image(buf: bytes | np.ndarray, source: str, max_pixels: int = MAX_PIXELS, flags: int = -1) -> np.ndarray:
-    """Decode image bytes with OpenCV after checking the header's size against ``max_pixels``.
+def decode_image(
+    buf: bytes | np.ndarray, source: str, max_pixels: int = MAX_PIXELS, flags: int = -1, max_side: int | None = None
+) -> np.ndarray:
+    """Decode image bytes with OpenCV after checking the header's size against ``max_pixels`` (and
+    ``max_side`` per side, if given).
 
-    Raises :class:`DataError` naming ``source`` for an over-size, empty or undecodable image.
+    Raises :class:`ImageTooLarge` for an over-size image (before decoding) and :class:`DataError` for an
+    empty or undecodable one, naming ``source``.
     """
     arr = np.frombuffer(buf, np.uint8) if isinstance(buf, bytes | bytearray) else buf
     if arr.size == 0:
         raise DataError(f"{source}: image file is empty")
     size = header_size(arr)
+    if size is not None and max_side is not None and max(size) > max_side:
+        raise ImageTooLarge(f"image is {size[0]}x{size[1]}; the limit is {max_side} px per side")
     if size is not None and size[0] * size[1] > max_pixels:
-        raise DataError(
+        raise ImageTooLarge(
             f"{source}: image is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} MP), over the "
             f"{max_pixels / 1e6:.0f} MP limit"
         )

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..data.base import DataError, decode_image, header_size
+from ..data.base import DataError, ImageTooLarge, decode_image
 from ..live.classifier import default_threads
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
@@ -190,11 +190,10 @@ def _check_video(path: Path, max_side: int) -> None:
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
     """Decode an upload, refusing (413) from its header alone an image over ``max_side`` px per side."""
-    size = header_size(data)
-    if size is not None and max(size) > max_side:
-        raise HTTPException(413, f"image is {size[0]}x{size[1]}; the limit is {max_side} px per side")
     try:
-        img = decode_image(data, "upload", max_pixels=max_side * max_side, flags=cv2.IMREAD_COLOR)
+        img = decode_image(data, "upload", max_pixels=max_side * max_side, flags=cv2.IMREAD_COLOR, max_side=max_side)
+    except ImageTooLarge as e:
+        raise HTTPException(413, str(e)) from None
     except DataError:
         raise HTTPException(400, "the uploaded file is not a readable image") from None
     if max(img.shape[:2]) > max_side:
