@@ -99,7 +99,7 @@ def test_crop_colour_and_padding():
 
 def test_crop_geometry_matches_fer_crops():
     """A FER-like crop of a face box: centred on the box, side 1.09 * sqrt(w * h), area-resampled."""
-    from emolens.geometry import FER_CROP_SCALE, cut_square, face_square, outside_fraction
+    from emolens.geometry import FER_CROP_SCALE, cut_square, face_square
 
     cx, cy, side = face_square((100, 50, 80, 125))
     assert (cx, cy) == (140, 112.5) and side == pytest.approx(FER_CROP_SCALE * 100)
@@ -110,7 +110,6 @@ def test_crop_geometry_matches_fer_crops():
     big = cv2.resize(small, (192, 192), interpolation=cv2.INTER_CUBIC)
     back = cut_square(big, 96, 96, 192, 48)
     assert np.abs(back.astype(int) - small).mean() < 4
-    assert outside_fraction(96, 96, 192, 192, 192) == 0 and outside_fraction(0, 96, 192, 192, 192) == 0.5
 
 
 def test_pipeline_crop_of_a_real_face_matches_the_training_crop(yunet_model):

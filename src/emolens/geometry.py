@@ -65,11 +65,3 @@ def cut_square(
     return cv2.warpAffine(
         src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
     )
-
-
-def outside_fraction(cx: float, cy: float, side: float, width: int, height: int) -> float:
-    """Share of the square crop's area that lies outside a ``width`` x ``height`` frame."""
-    x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
-    iw = max(0.0, min(x1, width) - max(x0, 0))
-    ih = max(0.0, min(y1, height) - max(y0, 0))
-    return 1.0 - iw * ih / (side * side)

@@ -146,6 +146,16 @@ def crop_box(img: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarr
     return img[y0:y1, x0:x1]
 
 
+def crop_resized(img: np.ndarray, box: tuple[int, int, int, int] | None, size: int) -> np.ndarray:
+    """:func:`crop_box` resized to ``size`` x ``size`` (area-averaged when shrinking): how datasets and
+    ``predict --whole-image`` turn a box into the model's input."""
+    img = crop_box(img, box)
+    if img.shape[0] != size or img.shape[1] != size:
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return img
+
+
 class FaceDataset(Dataset):
     """A list of :class:`Sample` s decoded to fixed-size uint8 faces, then ``transform`` ed.
 
@@ -214,11 +224,7 @@ class FaceDataset(Dataset):
         if s.face is not None:
             cx, cy, side = face_square(s.face)
             return cut_square(img, cx, cy, side, self.image_size)
-        img = crop_box(img, s.box)
-        if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
-            interp = cv2.INTER_AREA if img.shape[0] > self.image_size else cv2.INTER_LINEAR
-            img = cv2.resize(img, (self.image_size, self.image_size), interpolation=interp)
-        return img
+        return crop_resized(img, s.box, self.image_size)
 
     def _load_checked(self, i: int) -> tuple[int, np.ndarray]:
         for k in range(len(self.samples)):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
-from ..data.base import to_uint8_channels
-from ..geometry import FER_CROP_SCALE, cut_square, face_square, square_affine
+from ..data.base import crop_resized, to_uint8_channels
+from ..geometry import FER_CROP_SCALE, cut_square, face_square
 from ..transforms import Preprocess
 from .detectors import Face
 
@@ -25,15 +24,6 @@ def eye_angle(face: Face) -> float:
         return 0.0
     (rx, ry), (lx, ly) = face.landmarks[0], face.landmarks[1]  # right eye (image left), left eye
     return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
-
-
-def face_affine(
-    face: Face, size: int, margin: float = 0.0, align: bool = False, scale: float = FER_CROP_SCALE
-) -> np.ndarray:
-    """2x3 matrix mapping the face's FER-like square crop (rotated to level the eyes with ``align``)
-    onto ``size`` x ``size``."""
-    cx, cy, side = face_square(face.box, margin, scale)
-    return square_affine(cx, cy, side, size, eye_angle(face) if align else 0.0)
 
 
 def crop_faces(
@@ -59,19 +49,8 @@ def crop_faces(
     out = np.empty(shape, np.uint8)
     for i, f in enumerate(faces):
         if exact:
-            out[i] = _resize_box(img, f.box, s)
+            out[i] = crop_resized(img, f.box, s)
         else:
             cx, cy, side = face_square(f.box, margin, scale)
             out[i] = cut_square(img, cx, cy, side, s, eye_angle(f) if align else 0.0)
     return out
-
-
-def _resize_box(img: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """The box (clipped to the image) resized to ``size`` x ``size``, as datasets resize their crops."""
-    H, W = img.shape[:2]
-    x, y, w, h = (float(v) for v in box)
-    x0, y0 = max(0, round(x)), max(0, round(y))
-    x1, y1 = min(W, max(x0 + 1, round(x + w))), min(H, max(y0 + 1, round(y + h)))
-    crop = img[y0:y1, x0:x1]
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
