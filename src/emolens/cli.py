@@ -259,15 +259,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-LOCALHOST = ("127.0.0.1", "localhost", "::1")
-
-
 def serve_settings(a: argparse.Namespace):
     """The :class:`~emolens.serve.app.ServeSettings` that ``emolens serve`` flags ask for."""
     import os
 
     from .live.settings import PipelineSettings
     from .serve import ServeSettings
+    from .serve.app import LOOPBACK
 
     settings = ServeSettings(
         pipeline=PipelineSettings.from_namespace(a),
@@ -280,11 +278,11 @@ def serve_settings(a: argparse.Namespace):
         api_key=a.api_key or os.environ.get("EMOLENS_API_KEY") or None,
         allow_origins=a.allow_origin or [],
         # bound to localhost: only localhost names (DNS rebinding); beyond it: any name, the API key guards it
-        hosts=a.allowed_host or ([] if a.host in LOCALHOST else ["*"]),
+        hosts=a.allowed_host or ([] if a.host in LOOPBACK else ["*"]),
     )
     if a.data_dir:
         settings.data_dir = a.data_dir
-    if a.host not in LOCALHOST and not settings.api_key:
+    if a.host not in LOOPBACK and not settings.api_key:
         raise ValueError(f"serving on {a.host} (beyond this machine) needs --api-key KEY (or $EMOLENS_API_KEY)")
     return settings
 

@@ -26,6 +26,12 @@ OBJECTIVES = ("accuracy", "balanced_accuracy", "macro_f1", "acc_bal")
 DEFAULT_TAUS = tuple(round(t, 2) + 0.0 for t in np.arange(-1.0, 1.51, 0.1))
 
 
+def class_log_prior(counts) -> np.ndarray:
+    """``log(n_c / N)`` of class counts; a class with no samples gets the log of ``0.5 / N``."""
+    n = np.asarray(counts, dtype=np.float64)
+    return np.log(np.maximum(n, 0.5) / n.sum())
+
+
 def objective(m: dict, name: str) -> float:
     if name == "acc_bal":
         return (m["accuracy"] + m["balanced_accuracy"]) / 2
@@ -97,7 +103,7 @@ def rebalance(
         raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
     probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=progress)
     counts = train_counts(ckpt)
-    log_prior = np.log(np.maximum(counts, 0.5) / counts.sum())
+    log_prior = class_log_prior(counts)
     table = prior_shift_table(np.log(np.maximum(probs, 1e-12)), labels, log_prior, ds.classes, taus)
     best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
     with torch.no_grad():

@@ -36,9 +36,10 @@ def weighted_cross_entropy(
 
 
 def log_prior(counts: np.ndarray | list[int]) -> torch.Tensor:
-    """``log(n_c / N)`` of the training labels (classes with no samples get the log of 0.5 / N)."""
-    n = np.asarray(counts, dtype=np.float64)
-    return torch.tensor(np.log(np.maximum(n, 0.5) / n.sum()), dtype=torch.float32)
+    """:func:`emolens.evaluation.prior.class_log_prior` as a tensor (the logit-adjusted loss's prior)."""
+    from ..evaluation.prior import class_log_prior
+
+    return torch.tensor(class_log_prior(counts), dtype=torch.float32)
 
 
 def logit_adjusted_cross_entropy(
