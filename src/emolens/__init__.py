@@ -58,8 +58,7 @@ def predict(
     import numpy as np
 
     from .data.base import DataError, to_uint8_channels
-    from .live.detectors import Face
-    from .live.images import read_bgr
+    from .live.images import predict_frame, read_bgr
 
     pipe = _pipeline(model)
     if isinstance(image, (str, Path)):
@@ -68,11 +67,7 @@ def predict(
         frame = to_uint8_channels(image, 3, source="array", bgr=True)[:, :, ::-1].copy()  # -> BGR
     else:
         raise DataError(f"predict takes a file path or a numpy array, not {type(image).__name__}")
-    pipe.reset()
-    faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-    results = pipe.process(frame, 0, faces=faces, exact=whole_image)
-    pipe.reset()
-    return results
+    return predict_frame(pipe, frame, whole_image)
 
 
 def stream(

@@ -63,9 +63,7 @@ def predict_images(
             yield {"file": name, "error": str(e).replace(str(path), name), "faces": []}
             continue
         try:
-            pipeline.reset()  # independent images: no tracking or smoothing across files
-            faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-            results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
+            results = predict_frame(pipeline, frame, whole_image)
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 ok, buf = cv2.imencode(".jpg", draw_faces(frame.copy(), results, pipeline.classes))
@@ -81,6 +79,16 @@ def predict_images(
             "height": frame.shape[0],
             "faces": [r.to_record(track=False) for r in results],
         }
+
+
+def predict_frame(pipeline: Pipeline, frame: np.ndarray, whole_image: bool = False) -> list:
+    """Faces of one still BGR image, independent of anything processed before or after (no tracking or
+    smoothing carried over). ``whole_image`` classifies the image itself as one face crop."""
+    pipeline.reset()
+    faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
+    results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
+    pipeline.reset()
+    return results
 
 
 def display_name(path: Path) -> str:
