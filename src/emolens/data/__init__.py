@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import CLASSES, CLASSES_7
+from ..labels import CLASSES, CLASSES_7, remap
 from .affectnet import affectnet_samples
 from .base import DataError, FaceDataset, Sample, read_image
 from .cache import attach_cache
@@ -88,11 +88,11 @@ def open_dataset(
     name = f"{kind}:{split}"
     if extra:
         # several datasets, one label space: every label re-indexed into the canonical 8 classes
-        samples = [_in_classes(s, classes) for s in samples]
+        samples = _in_classes(samples, classes)
         for spec in extra:
             k, r, repeat = parse_data_spec(spec)
             more, cls = dataset_samples(k, r, split, protocol, seed)
-            samples += [_in_classes(s, cls) for s in more] * (repeat if split == "train" else 1)
+            samples += _in_classes(more, cls) * (repeat if split == "train" else 1)
             name += f"+{k}"
         classes = CLASSES
     ds = FaceDataset(
@@ -109,16 +109,19 @@ def open_dataset(
     return ds
 
 
-def _in_classes(s: Sample, classes: Sequence[str]) -> Sample:
-    """``s`` with its label (and soft target) re-indexed from ``classes`` into :data:`CLASSES`."""
+def _in_classes(samples: list[Sample], classes: Sequence[str]) -> list[Sample]:
+    """``samples`` with labels (and soft targets) re-indexed from ``classes`` into :data:`CLASSES`."""
     if tuple(classes) == CLASSES:
-        return s
-    idx = [CLASSES.index(c) for c in classes]
-    soft = None
-    if s.soft is not None:
-        soft = np.zeros(len(CLASSES), np.float32)
-        soft[idx] = s.soft
-    return replace(s, label=idx[s.label], soft=soft)
+        return samples
+    idx = remap(range(len(classes)), classes, CLASSES)
+    out = []
+    for s in samples:
+        soft = None
+        if s.soft is not None:
+            soft = np.zeros(len(CLASSES), np.float32)
+            soft[idx] = s.soft
+        out.append(replace(s, label=idx[s.label], soft=soft))
+    return out
 
 
 __all__ = [
