@@ -1,4 +1,4 @@
-"""Command-line interface: ``emolens train|evaluate|rebalance|ensemble|predict|live|export|serve|models``."""
+"""Command-line interface: ``emolens train|evaluate|rebalance|ensemble|predict|live|batch|export|serve|models``."""
 
 from __future__ import annotations
 
@@ -241,6 +241,39 @@ def cmd_live(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(a: argparse.Namespace) -> int:
+    from .batch import BatchOptions, run_batch
+    from .live.settings import PipelineSettings
+
+    opts = BatchOptions(
+        out=a.out,
+        settings=PipelineSettings.from_namespace(a),
+        ray=a.ray,
+        workers=a.workers,
+        cpus_per_worker=a.cpus_per_worker,
+        gpus_per_worker=a.gpus_per_worker,
+        every=a.every,
+        whole_image=a.whole_image,
+        images_per_task=a.images_per_task,
+        retry_failed=a.retry_failed,
+        csv=a.csv,
+        progress=not a.quiet,
+    )
+    r = run_batch(a.inputs, opts)
+    print(
+        f"{r['files']} file(s): {r['processed']} analysed now, {r['skipped']} already done; "
+        f"{r['frames']} frames, {r['faces']} faces in {r['work_seconds']:.1f} s "
+        f"({r['frames_per_s']:.1f} frames/s, {r['executor']})",
+        file=sys.stderr,
+    )
+    print(
+        f"tables: {r['out']['faces']} ({r['table_faces']} faces), {r['out']['files']} ({r['table_files']} files), "
+        f"{r['out']['failures']} ({r['table_failed']} failed)",
+        file=sys.stderr,
+    )
+    return 1 if r["table_failed"] and not r["table_files"] else 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
     from .live.classifier import default_checkpoint
@@ -437,6 +470,29 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
     _add_pipeline_flags(lv)
     lv.set_defaults(func=cmd_live)
+
+    ba = sub.add_parser(
+        "batch", help="whole collections of videos and photos: one results table, resumable, optionally on Ray"
+    )
+    ba.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
+    ba.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")
+    ba.add_argument("--csv", action="store_true", help="also write the tables as CSV")
+    ba.add_argument(
+        "--ray",
+        default="auto",
+        metavar="auto|none|ADDRESS",
+        help="auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
+        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
+    )
+    ba.add_argument("--workers", type=int, default=0, help="Ray workers (0: as many as the CPUs allow)")
+    ba.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker")
+    ba.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (0.5: two share one)")
+    ba.add_argument("--every", type=int, default=1, help="classify every Nth video frame (as for live)")
+    ba.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
+    ba.add_argument("--images-per-task", type=int, default=32, help="images analysed (and saved) together")
+    ba.add_argument("--retry-failed", action="store_true", help="try again the files that failed last time")
+    _add_pipeline_flags(ba)
+    ba.set_defaults(func=cmd_batch)
 
     ex = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     ex.add_argument("--checkpoint", help="default: the bundled model")

@@ -194,11 +194,13 @@ class Pipeline:
         """
         src = FrameSource(source, max_frames=max_frames)
         try:
-            yield from self._frames(src, every)
+            yield from self.frames(src, every)
         finally:
             src.release()
 
-    def _frames(self, src: FrameSource, every: int) -> Iterator[FrameResult]:
+    def frames(self, src: FrameSource, every: int = 1) -> Iterator[FrameResult]:
+        """Per-frame results of an open :class:`FrameSource` (tracking and smoothing start fresh); the
+        caller keeps the source (its ``size``, ``fps``, ``ended_early``) and releases it."""
         self.reset()
         t_prev = time.perf_counter()
         for i, ts, frame in src:
@@ -242,7 +244,7 @@ class Pipeline:
         if max_frames and total:
             total = min(total, max_frames)
         try:
-            frames = tqdm(self._frames(src, every), total=total, desc=f"live {src.spec}", disable=not progress)
+            frames = tqdm(self.frames(src, every), total=total, desc=f"live {src.spec}", disable=not progress)
             for fr in frames:
                 t0 = time.perf_counter()
                 if writer:  # every face of every frame (with --every N too)

@@ -1,0 +1,256 @@
+"""emolens batch: inputs, same results as live/predict, failures table, resume after a kill, Ray (two nodes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import YUNET, shared_path
+
+from emolens.batch import BatchOptions, run_batch
+from emolens.batch.inputs import discover
+from emolens.batch.runner import make_tasks
+from emolens.cli import main
+from emolens.data import DataError
+from emolens.live.settings import PipelineSettings
+from emolens.live.synthetic import make_clip, sample_face
+
+pq = pytest.importorskip("pyarrow.parquet", reason="emolens batch needs pyarrow (pip install 'emolens[batch]')")
+
+SFEW_PICK = {"Angry": 2, "Happy": 2, "Sad": 1, "Surprise": 1, "Neutral": 2, "Fear": 1, "Disgust": 1}
+
+
+def _settings() -> PipelineSettings:
+    if not YUNET.is_file():
+        pytest.skip(f"YuNet model not found at {YUNET} (set EMOLENS_SHARED)")
+    return PipelineSettings(detector="yunet", detector_model=str(YUNET), threads=1)
+
+
+def _pipeline_flags() -> list[str]:
+    return ["--detector", "yunet", "--detector-model", str(YUNET), "--threads", "1", "-q"]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """Real film photos (SFEW), two short videos, a corrupt video and a truncated image."""
+    sfew = shared_path("data/sfew/Train")
+    root = tmp_path_factory.mktemp("collection")
+    photos, videos = root / "photos", root / "videos"
+    photos.mkdir()
+    videos.mkdir()
+    picked = []
+    for cls, n in SFEW_PICK.items():
+        for p in sorted((sfew / cls).glob("*.png"))[:n]:
+            (photos / p.name).write_bytes(p.read_bytes())
+            picked.append(p)
+    faces = [cv2.imread(str(p)) for p in picked[:2]]
+    make_clip(faces, videos / "two_people.mp4", n_frames=24, size=(480, 360), seed=1)
+    make_clip([sample_face()], videos / "one_person.mp4", n_frames=16, size=(320, 240), seed=2)
+    (videos / "broken.mp4").write_bytes(b"this is not a video" * 10)
+    good = (photos / picked[0].name).read_bytes()
+    (photos / "truncated.png").write_bytes(good[: len(good) // 3])
+    return root
+
+
+def _table(path: Path) -> dict[str, list]:
+    return pq.read_table(path).to_pydict()
+
+
+@pytest.fixture(scope="module")
+def in_process(collection, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("batch_in_process")
+    run_batch([collection], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, csv=True))
+    return out
+
+
+# ------------------------------------------------------------------ inputs
+def test_discover_folders_globs_lists_and_duplicates(collection, tmp_path):
+    files = discover([collection])
+    names = [Path(f.path).name for f in files]
+    assert len(names) == sum(SFEW_PICK.values()) + 4
+    assert names.index("broken.mp4") > names.index("truncated.png")  # sorted: photos/ before videos/
+    assert {f.kind for f in files if f.path.endswith(".mp4")} == {"video"}
+    # a glob, then a list file (relative paths, a comment) naming files already found: no duplicates
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# my files\n{collection}/videos/one_person.mp4\n")
+    again = discover([str(collection / "videos" / "*.mp4"), listing, collection / "photos"])
+    assert [Path(f.path).name for f in again][:3] == ["broken.mp4", "one_person.mp4", "two_people.mp4"]
+    assert len(again) == len(files)
+    table = tmp_path / "list.csv"
+    table.write_text("id,path\n1,../x/missing.png\n")
+    with pytest.raises(DataError, match="missing.png: no such file"):
+        discover([table])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: folder contains no images or videos"):
+        discover([tmp_path / "empty"])
+
+
+def test_tasks_one_video_each_images_grouped(collection):
+    files = discover([collection])
+    tasks = make_tasks(files, images_per_task=4)
+    sizes = sorted((t.files[0].kind, len(t.files)) for t in tasks)
+    assert sizes == [("image", 3), ("image", 4), ("image", 4), ("video", 1), ("video", 1), ("video", 1)]
+    assert [f for t in tasks if t.files[0].kind == "image" for f in t.files] == [f for f in files if f.kind == "image"]
+
+
+# ------------------------------------------------------------------ results
+def test_batch_equals_live_and_predict(collection, in_process, tmp_path):
+    """Every face row of the batch table is what `emolens live` (videos) and `emolens predict` (photos) give."""
+    faces = _table(in_process / "faces.parquet")
+    classes = [k[2:] for k in faces if k.startswith("p_")]
+    for video in ("two_people.mp4", "one_person.mp4"):
+        src = collection / "videos" / video
+        rows_csv = tmp_path / f"{video}.csv"
+        assert main(["live", "--source", str(src), "--csv", str(rows_csv), *_pipeline_flags()]) == 0
+        live = list(csv.DictReader(rows_csv.open()))
+        mine = [i for i, f in enumerate(faces["file"]) if f == str(src)]
+        assert len(live) == len(mine) > 0
+        for row, i in zip(live, mine, strict=True):
+            assert (int(row["frame"]), int(row["track_id"]), row["label"]) == (
+                faces["frame"][i],
+                faces["track_id"][i],
+                faces["label"][i],
+            )
+            assert float(row["time_s"]) == pytest.approx(faces["time_s"][i], abs=1e-3)
+            # the live CSV rounds probabilities to 5 decimals and boxes to 0.1 px
+            want = [float(row[f"p_{c}"]) for c in classes]
+            assert [faces[f"p_{c}"][i] for c in classes] == pytest.approx(want, abs=1e-4)
+            assert [faces[k][i] for k in "xywh"] == pytest.approx([float(row[k]) for k in "xywh"], abs=0.051)
+    out = tmp_path / "predict.json"
+    assert main(["predict", str(collection / "photos"), "--json", str(out), *_pipeline_flags()]) == 0
+    n = 0
+    for rec in json.loads(out.read_text())["images"]:
+        mine = [i for i, f in enumerate(faces["file"]) if f == rec["file"]]
+        assert len(mine) == len(rec["faces"])
+        for face, i in zip(rec["faces"], mine, strict=True):
+            assert faces["label"][i] == face["label"] and faces["track_id"][i] is None and faces["frame"][i] == 0
+            assert [faces[f"p_{c}"][i] for c in classes] == pytest.approx(list(face["probs"].values()), abs=1e-4)
+            n += 1
+    assert n >= 8  # the real photos do give faces
+
+
+def test_files_and_failures_tables(collection, in_process):
+    files = _table(in_process / "files.parquet")
+    failures = _table(in_process / "failures.parquet")
+    assert sorted(Path(f).name for f in failures["file"]) == ["broken.mp4", "truncated.png"]
+    for f, err in zip(failures["file"], failures["error"], strict=True):
+        assert f in err  # the error names the file
+    by_name = {Path(f).name: i for i, f in enumerate(files["file"])}
+    assert len(by_name) == sum(SFEW_PICK.values()) + 2
+    v = by_name["two_people.mp4"]
+    assert files["frames"][v] == 24 and files["tracks"][v] == 2 and files["kind"][v] == "video"
+    assert files["duration_s"][v] == pytest.approx(24 / 25)
+    faces = _table(in_process / "faces.parquet")
+    assert files["faces"][v] == sum(f.endswith("two_people.mp4") for f in faces["file"])
+    shares = [files[k][v] for k in files if k.startswith("share_")]
+    assert sum(shares) == pytest.approx(1.0)
+    assert sum(files["faces"]) == len(faces["file"])
+    # the CSV copies hold the same rows
+    assert sum(1 for _ in open(in_process / "faces.csv")) == len(faces["file"]) + 1
+
+
+def test_rerun_skips_everything_and_retry_failed(collection, in_process, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(in_process, out)
+    before = sorted(p.name for p in (out / "parts").glob("*.json"))
+    r = run_batch([collection], BatchOptions(out=out, settings=_settings(), ray="none", progress=False))
+    assert (r["processed"], r["skipped"], r["executor"]) == (0, len(discover([collection])), "nothing to do")
+    assert sorted(p.name for p in (out / "parts").glob("*.json")) == before
+    assert _table(out / "faces.parquet") == _table(in_process / "faces.parquet")
+    other = PipelineSettings(**{**_settings().__dict__, "margin": 0.2})
+    with pytest.raises(ValueError, match=r"other settings: margin \(0.0 -> 0.2\)"):
+        run_batch([collection], BatchOptions(out=out, settings=other, ray="none", progress=False))
+    r = run_batch(
+        [collection], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, retry_failed=True)
+    )
+    assert r["processed"] == 2 and r["failed_now"] == 2
+    # a changed file is analysed again; its old result is replaced, not duplicated
+    clip = collection / "videos" / "one_person.mp4"
+    os.utime(clip, ns=(time.time_ns(), time.time_ns()))
+    r = run_batch([collection], BatchOptions(out=out, settings=_settings(), ray="none", progress=False))
+    assert r["processed"] == 1
+    assert _table(out / "faces.parquet") == _table(in_process / "faces.parquet")
+
+
+def test_killed_run_resumes_without_redoing_finished_files(collection, tmp_path):
+    """SIGKILL mid-run, then the same command: finished parts stay untouched, the rest is done once."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "emolens.cli", "batch", str(collection / "photos"), str(collection / "videos")]
+    cmd += ["--out", str(out), "--ray", "none", "--images-per-task", "1", *_pipeline_flags()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((out / "parts").glob("*.json"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "faces.parquet").exists(), "the run finished before it could be killed"
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.json")}
+    assert len(finished) >= 3
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(finished)} already done" in done.stderr
+    for name, mtime in finished.items():
+        assert (out / "parts" / name).stat().st_mtime_ns == mtime
+    total = len(discover([collection]))
+    assert len(list((out / "parts").glob("*.json"))) == total  # one part per file, none done twice
+    fresh = tmp_path / "fresh"
+    run_batch([collection], BatchOptions(out=fresh, settings=_settings(), ray="none", progress=False))
+    assert _table(out / "faces.parquet") == _table(fresh / "faces.parquet")
+
+
+# ------------------------------------------------------------------ Ray
+@pytest.fixture(scope="module")
+def two_nodes():
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'emolens[batch]')")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def test_two_node_cluster_does_the_same_work(collection, in_process, two_nodes, tmp_path):
+    out = tmp_path / "ray"
+    r = run_batch([collection], BatchOptions(out=out, settings=_settings(), ray=two_nodes.address, progress=False))
+    assert r["workers"] == 2 and len(r["nodes"]) == 2
+    files = _table(out / "files.parquet")
+    assert len(set(files["node"])) == 2, "both nodes analysed files"
+    assert _table(out / "faces.parquet") == _table(in_process / "faces.parquet")
+    failures = _table(out / "failures.parquet")
+    assert sorted(Path(f).name for f in failures["file"]) == ["broken.mp4", "truncated.png"]
+
+
+def test_a_dead_worker_loses_no_file(collection, two_nodes, caplog):
+    """Kill a worker mid-run: Ray restarts it and its task is done again; every file gets its result."""
+    import ray
+
+    from emolens.batch.runner import RayExecutor
+
+    files = discover([collection])
+    ex = RayExecutor(BatchOptions(out="unused", settings=_settings(), ray=two_nodes.address))
+    results = {}
+    try:
+        for k, (_, out) in enumerate(ex.run(deque(make_tasks(files, images_per_task=2)))):
+            if k == 0:
+                for a in ex.actors:
+                    ray.kill(a, no_restart=False)  # both workers die, whatever they are doing
+            assert not isinstance(out, BaseException)
+            results.update({r.file.path: r for r in out})
+    finally:
+        ex.close()
+    assert "a worker died" in caplog.text  # the kill did cost a task, which was done again
+    assert sorted(results) == sorted(f.path for f in files)
+    assert sum(r.ok for r in results.values()) == len(files) - 2
