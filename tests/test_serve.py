@@ -167,6 +167,40 @@ def test_job_queue_is_bounded(tmp_path):
     assert first.status == second.status == "done"
 
 
+def test_finished_jobs_are_deleted_after_keep_hours_and_over_the_disk_quota(tmp_path):
+    from emolens.serve.jobs import DiskFull, JobQueue
+
+    def write(job, folder):
+        (folder / "results.csv").write_bytes(b"x" * 300_000)
+        return {"ok": True}
+
+    q = JobQueue(tmp_path, write, keep_hours=1.0, max_disk_gb=0.5 * 2**-10, cleanup_every_s=3600)  # 0.5 MB
+    ids = []
+    for _ in range(2):
+        job, _ = q.new_job_dir()
+        q.submit(job)
+        ids.append(job.id)
+        for _ in range(200):
+            if q.get(job.id).status == "done":
+                break
+            time.sleep(0.01)
+    assert [q.get(i).status for i in ids] == ["done", "done"]
+    assert (tmp_path / "jobs.db").is_file()  # state in SQLite: a new queue on the folder knows the jobs
+    again = JobQueue(tmp_path, write, keep_hours=1.0, max_disk_gb=0.5 * 2**-10, cleanup_every_s=3600)
+    assert q.disk_used() == 300_000 and again.get(ids[1]).summary == {"ok": True}
+    with pytest.raises(KeyError):  # 600 KB > 0.5 MB: the oldest finished job went at start-up
+        again.get(ids[0])
+    assert not (tmp_path / "jobs" / ids[0]).exists()
+    assert again.cleanup(now=time.time() + 1800) == []  # half an hour later: kept
+    assert again.cleanup(now=time.time() + 3700) == [ids[1]]  # past keep_hours: deleted, files too
+    assert not any((tmp_path / "jobs").iterdir())
+    tiny = JobQueue(tmp_path / "t", write, max_disk_gb=1e-9, cleanup_every_s=3600)
+    job, folder = tiny.new_job_dir()
+    (folder / "input.mp4").write_bytes(b"x" * 10_000)  # an upload in progress takes the whole quota
+    with pytest.raises(DiskFull, match="disk quota"):
+        tiny.new_job_dir()
+
+
 def test_video_job_time_limit(tmp_path):
     app = create_app(
         ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), job_timeout_s=0.0, hosts=["*"])

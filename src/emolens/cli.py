@@ -307,6 +307,8 @@ def serve_settings(a: argparse.Namespace):
         request_timeout_s=a.timeout,
         max_queued_jobs=a.max_jobs,
         max_pending=a.max_pending,
+        keep_hours=a.keep_hours,
+        max_disk_gb=a.max_disk_gb,
         workers=a.workers,
         api_key=a.api_key or os.environ.get("EMOLENS_API_KEY") or None,
         allow_origins=a.allow_origin or [],
@@ -510,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
     sv.add_argument("--max-pending", type=int, default=8, help="image predictions that may wait (503 beyond)")
+    sv.add_argument("--keep-hours", type=float, default=24.0, help="delete finished video jobs after this long")
+    sv.add_argument(
+        "--max-disk-gb", type=float, default=10.0, help="disk quota for video jobs (oldest finished deleted first)"
+    )
     sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
     sv.add_argument(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -22,9 +23,10 @@ from pydantic import BaseModel
 from .. import __version__
 from ..data.base import DataError, ImageTooLarge, decode_image
 from ..live.classifier import default_threads
+from ..live.container import frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
-from .jobs import Job, JobQueue, QueueFull
+from .jobs import DiskFull, Job, JobQueue, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ class ServeSettings:
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
     max_pending: int = 8  # predictions that may wait per worker before 503
-    max_video_side: int = 4096  # larger video frames are refused before any is decoded
+    max_video_side: int = 4096  # larger video frames are refused from the container header, before FFmpeg
+    keep_hours: float = 24.0  # finished jobs are deleted this long after they end
+    max_disk_gb: float = 10.0  # the oldest finished jobs are deleted while the jobs take more; then 507
     workers: int = 1  # worker processes sharing this machine (for the threads default)
     allow_origins: list[str] = field(default_factory=list)  # other web origins that may call the API
     hosts: list[str] = field(default_factory=list)  # Host names besides loopback the server answers ("*": any)
@@ -83,6 +87,8 @@ class ServeSettings:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Bytes a multipart body may carry beyond its file (boundaries, part headers).
+MULTIPART_SLACK = 64 * 1024
 #: Paths served without an API key: the page itself, the docs and the liveness probe.
 OPEN_PATHS = ("/", "/healthz", "/docs", "/redoc", "/openapi.json", "/static-offline-docs")
 
@@ -170,22 +176,17 @@ def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
 
 
 def _check_video(path: Path, max_side: int) -> None:
-    """Refuse bytes that are no video container (400) and frames over ``max_side`` (413) before decoding any."""
+    """Refuse bytes that are no video container (400), and frames over ``max_side`` (413) or of a size the
+    header does not declare (400), from the container header alone: FFmpeg never sees a refused file."""
     with open(path, "rb") as f:
         head = f.read(16)
-    is_video = (
-        head[4:8] == b"ftyp"  # MP4 / MOV / M4V
-        or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
-        or head[:4] == b"\x1a\x45\xdf\xa3"  # Matroska / WebM
-        or head[4:8] in (b"moov", b"mdat", b"wide", b"free")  # older QuickTime
-    )
-    if not is_video:
+    if sniff(head) is None:
         raise HTTPException(400, "the uploaded file is not a video (MP4, MOV, AVI, MKV or WebM)")
-    cap = cv2.VideoCapture(str(path))
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    cap.release()
-    if max(w, h) > max_side:
-        raise HTTPException(413, f"video frames are {w}x{h}; the limit is {max_side} px per side")
+    size = frame_size(path)
+    if size is None:
+        raise HTTPException(400, "the video's header declares no frame size (damaged or unusual file)")
+    if max(size) > max_side:
+        raise HTTPException(413, f"video frames are {size[0]}x{size[1]}; the limit is {max_side} px per side")
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -199,6 +200,61 @@ def _decode_image(data: bytes, max_side: int) -> np.ndarray:
     if max(img.shape[:2]) > max_side:
         raise HTTPException(413, f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_side} px per side")
     return img
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its route's limit is refused (413, JSON) while it streams in: at
+    once when ``Content-Length`` says so (nothing is read), else as soon as the bytes received pass the limit.
+    So no more than the limit (plus one network chunk) ever reaches the upload spool on disk.
+
+    ``limits``: path -> (limit in MB for the message, limit in bytes); other paths get 1 MB.
+    """
+
+    def __init__(self, app, limits: dict[str, tuple[float, int]]) -> None:
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        mb, limit = self.limits.get(scope["path"], (1.0, 2**20))
+        detail = f"upload larger than the {mb:g} MB limit"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            status = 413 if length.isdigit() else 400
+            response = JSONResponse({"detail": detail if status == 413 else "bad Content-Length"}, status_code=status)
+            return await response(scope, receive, send)
+        seen, over, answered = 0, False, False
+
+        async def limited():
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # stop reading: to the app, the client has gone (it stops parsing)
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def refuse() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+        async def guarded_send(message) -> None:
+            if over:  # whatever the app answers to the "disconnect", the client gets the 413
+                return await refuse()
+            await send(message)
+
+        try:
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await refuse()
 
 
 async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes:
@@ -222,6 +278,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s = settings or ServeSettings()
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
+    spool_uploads_in(s.data_dir / "tmp")
     # threads 0: the cores shared out among the worker processes (at least 1 each)
     ps = replace(s.pipeline, threads=s.pipeline.threads or default_threads(s.workers))
     classifier = ps.classifier()
@@ -260,9 +317,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         )
         if summary["stopped"]:  # files are closed and kept; the job reports why it ended
             raise TimeoutError(summary["stop_reason"])
+        summary["source"] = video.name  # no server paths in responses
         return summary
 
-    jobs = JobQueue(s.data_dir, process_video, max_queued=s.max_queued_jobs)
+    jobs = JobQueue(
+        s.data_dir, process_video, max_queued=s.max_queued_jobs, keep_hours=s.keep_hours, max_disk_gb=s.max_disk_gb
+    )
     try:  # /docs and /redoc from files inside fastapi-offline, so they work offline (FastAPI's load a CDN)
         from fastapi_offline import FastAPIOffline as AppClass
     except ImportError:
@@ -281,6 +341,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             return JSONResponse({"detail": problem[1]}, status_code=problem[0])
         return await call_next(request)
 
+    app.add_middleware(
+        BodyLimit,
+        limits={
+            "/v1/predict": (s.max_image_mb, int(s.max_image_mb * 2**20) + MULTIPART_SLACK),
+            "/v1/video": (s.max_video_mb, int(s.max_video_mb * 2**20) + MULTIPART_SLACK),
+        },
+    )
     if s.allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -318,7 +385,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     waiting = [0]  # predictions accepted and not finished (one runs at a time, the rest wait for the lock)
 
-    @app.post("/v1/predict", response_model=PredictOut, responses={400: {}, 413: {}, 415: {}, 503: {}, 504: {}})
+    @app.post(
+        "/v1/predict",
+        response_model=PredictOut,
+        responses={400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+    )
     async def predict(file: UploadFile = File(...)) -> dict:
         """Every face in an uploaded image: box, label, confidence and all class probabilities.
 
@@ -348,11 +419,19 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             waiting[0] -= 1
         return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, False)}
 
-    @app.post("/v1/video", status_code=202, response_model=JobOut, responses={400: {}, 413: {}, 415: {}, 429: {}})
+    @app.post(
+        "/v1/video",
+        status_code=202,
+        response_model=JobOut,
+        responses={400: {}, 413: {}, 415: {}, 429: {}, 507: {}},
+    )
     async def submit_video(file: UploadFile = File(...)) -> dict:
         """Queue a video; poll ``GET /v1/video/{id}`` for progress, then download the results."""
         ctype = _media_type(file, VIDEO_TYPES, {ext: t for t, ext in VIDEO_EXT.items()})
-        job, folder = jobs.new_job_dir()
+        try:
+            job, folder = jobs.new_job_dir()
+        except DiskFull as e:
+            raise HTTPException(507, str(e)) from None
         target = folder / ("input" + VIDEO_EXT[ctype])
         try:
             with open(target, "wb") as f:
@@ -365,10 +444,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 raise HTTPException(400, "the uploaded file is not a readable video")
             jobs.submit(job)
         except QueueFull as e:
-            _remove(folder)
+            shutil.rmtree(folder, ignore_errors=True)
             raise HTTPException(429, str(e)) from None
         except HTTPException:
-            _remove(folder)
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         return job.public()
 
@@ -496,7 +575,11 @@ def app_from_env() -> FastAPI:
     return create_app(ServeSettings(pipeline=pipeline, **d))
 
 
-def _remove(folder: Path) -> None:
-    for p in folder.iterdir():
-        p.unlink()
-    folder.rmdir()
+def spool_uploads_in(folder: Path) -> None:
+    """Make this process's temporary files (uploads spooled by the multipart parser) go to ``folder``, and
+    remove what a killed server left there. The server writes nowhere outside its data folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        if time.time() - stale.stat().st_mtime > 3600:  # (recent ones may be another worker's upload)
+            stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale, ignore_errors=True)
+    tempfile.tempdir = str(folder)

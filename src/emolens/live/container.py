@@ -1,0 +1,126 @@
+"""Video containers read without FFmpeg: is this a video, and how large are its frames (from the header)?
+
+A video claiming 16000x16000 frames makes FFmpeg allocate gigabytes as soon as it probes the stream, so an
+upload is checked here first: MP4/MOV (``tkhd`` boxes), Matroska/WebM (``PixelWidth``/``PixelHeight``)
+and AVI (``avih``), reading only box/element headers and seeking past everything else.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+#: Container kinds :func:`sniff` knows.
+KINDS = ("mp4", "matroska", "avi")
+
+
+def sniff(head: bytes) -> str | None:
+    """The container of a file from its first 16 bytes: ``mp4`` (MP4/MOV/M4V), ``matroska`` (MKV/WebM),
+    ``avi``, or ``None``."""
+    if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
+        return "mp4"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    return None
+
+
+def frame_size(path: str | Path) -> tuple[int, int] | None:
+    """Largest ``(width, height)`` of the video tracks declared in the file's header, or ``None`` when the
+    container is unknown or declares none. Reads a few KB; never decodes."""
+    with open(path, "rb") as f:
+        kind = sniff(f.read(16))
+        f.seek(0)
+        sizes = {"mp4": _mp4_sizes, "matroska": _mkv_sizes, "avi": _avi_sizes}[kind](f) if kind else []
+    sizes = [(w, h) for w, h in sizes if w > 0 and h > 0]
+    return max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
+
+
+# -- MP4 / QuickTime: boxes of (32-bit size, type), size 1 -> 64-bit size follows, 0 -> to the end -------------
+_MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
+
+
+def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tuple[int, int]]:
+    if end is None:
+        f.seek(0, 2)
+        end = f.tell()
+        f.seek(0)
+    out: list[tuple[int, int]] = []
+    while f.tell() + 8 <= end and depth < 8:
+        start = f.tell()
+        size, kind = struct.unpack(">I4s", f.read(8))
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", f.read(8))[0], 16
+        elif size == 0:
+            size = end - start
+        if size < header or start + size > end:
+            break  # damaged: stop here (whatever was found so far stands)
+        if kind in _MP4_CONTAINERS:
+            out += _mp4_sizes(f, start + size, depth + 1)
+        elif kind == b"tkhd":
+            body = f.read(min(size - header, 120))
+            at = 88 if body[:1] == b"\x01" else 76  # version 1 has 64-bit times; then 16.16 width, height
+            if len(body) >= at + 8:
+                w, h = struct.unpack(">II", body[at : at + 8])
+                out.append((w >> 16, h >> 16))
+        f.seek(start + size)
+    return out
+
+
+# -- Matroska / WebM: EBML elements of (variable-length ID, variable-length size) ---------------------------
+_SEGMENT, _TRACKS, _TRACK_ENTRY, _VIDEO = 0x18538067, 0x1654AE6B, 0xAE, 0xE0
+_PIXEL_W, _PIXEL_H, _CLUSTER = 0xB0, 0xBA, 0x1F43B675
+
+
+def _vint(f: BinaryIO, keep_marker: bool) -> tuple[int, int] | None:
+    first = f.read(1)
+    if not first:
+        return None
+    b = first[0]
+    length = next((i + 1 for i in range(8) if b & (0x80 >> i)), 0)
+    if not length:
+        return None
+    value = b if keep_marker else b & (0xFF >> length)
+    for c in f.read(length - 1):
+        value = (value << 8) | c
+    return value, length
+
+
+def _mkv_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tuple[int, int]]:
+    if end is None:
+        f.seek(0, 2)
+        end = f.tell()
+        f.seek(0)
+    out: list[tuple[int, int]] = []
+    w = h = 0
+    while f.tell() < end and depth < 6:
+        ident = _vint(f, keep_marker=True)
+        size = _vint(f, keep_marker=False)
+        if ident is None or size is None:
+            break
+        start, n = f.tell(), size[0]
+        if n == (1 << (7 * size[1])) - 1:  # "unknown size" (live streams): runs to the parent's end
+            n = end - start
+        if ident[0] == _CLUSTER:
+            break  # frames begin: the tracks were declared before them
+        if ident[0] in (_SEGMENT, _TRACKS, _TRACK_ENTRY, _VIDEO):
+            out += _mkv_sizes(f, min(start + n, end), depth + 1)
+        elif ident[0] in (_PIXEL_W, _PIXEL_H) and n <= 8:
+            v = int.from_bytes(f.read(n), "big")
+            w, h = (v, h) if ident[0] == _PIXEL_W else (w, v)
+        f.seek(start + n)
+    if w or h:
+        out.append((w, h))
+    return out
+
+
+# -- AVI: RIFF 'AVI ' > LIST 'hdrl' > 'avih' (MainAVIHeader: width and height at bytes 32 and 36) ------------
+def _avi_sizes(f: BinaryIO) -> list[tuple[int, int]]:
+    head = f.read(12 + 12 + 8 + 40)
+    if head[12:16] != b"LIST" or head[20:24] != b"hdrl" or head[24:28] != b"avih":
+        return []
+    w, h = struct.unpack("<II", head[32 + 32 : 32 + 40])
+    return [(w, h)]

@@ -1,0 +1,271 @@
+"""A real `emolens serve` process under hostile input and crashes: fast refusals, bounded memory and disk,
+and jobs that survive a kill -9.
+
+Each test talks HTTP to a server subprocess and reads the server's own peak memory (``VmHWM`` in
+``/proc/<pid>/status``), so what is measured is what a deployed server does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="serve extras not installed (pip install -e .[dev])")
+pytest.importorskip("fastapi", reason="serve extras not installed (pip install -e .[dev])")
+if not Path("/proc/self/status").is_file():  # pragma: no cover
+    pytest.skip("peak-memory checks read /proc (Linux)", allow_module_level=True)
+
+from emolens.live.synthetic import make_clip, sample_face  # noqa: E402
+
+MB = 2**20
+
+
+def _mem_mb(pid: int) -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+class Server:
+    def __init__(self, data_dir: Path, *flags: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url, self.data_dir = f"http://127.0.0.1:{self.port}", data_dir
+        cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
+        cmd += ["--detector", "haar", "--threads", "1", *flags]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("emolens serve did not start") from None
+                time.sleep(0.3)
+
+    def mem(self) -> dict[str, float]:
+        return _mem_mb(self.proc.pid)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("hostile"), "--max-image-mb", "10", "--max-video-mb", "20")
+    face = cv2.imencode(".jpg", cv2.copyMakeBorder(sample_face(), 60, 60, 90, 90, cv2.BORDER_CONSTANT))[1].tobytes()
+    r = httpx.post(f"{srv.url}/v1/predict", files={"file": ("f.jpg", face, "image/jpeg")}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["faces"]) == 1  # warm: model and detector have run once
+    srv.baseline = srv.mem()["VmHWM"]
+    yield srv
+    srv.stop()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small, valid-looking PNG whose header claims ``width`` x ``height`` pixels."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    idat = zlib.compress(b"\0" * (width * 3 + 1) * 4)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def jpeg_header(width: int, height: int) -> bytes:
+    """A real 16x16 JPEG whose frame header (SOF0) is rewritten to claim ``width`` x ``height``."""
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def mp4_claiming(width: int, height: int, tmp_path: Path) -> bytes:
+    """A real MP4 whose track header (``tkhd``) claims ``width`` x ``height`` frames."""
+    path = tmp_path / "real.mp4"
+    make_clip([sample_face()], path, n_frames=3, size=(64, 48))
+    data = bytearray(path.read_bytes())
+    at = data.index(b"tkhd") + 4  # the box body: version 0 -> width and height at bytes 76..84
+    assert data[at] == 0
+    data[at + 76 : at + 84] = struct.pack(">II", width << 16, height << 16)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "name,payload",
+    [
+        ("png 32000x32000", png_header(32000, 32000)),
+        ("png 40000x40000", png_header(40000, 40000)),
+        ("jpeg 30000x30000", jpeg_header(30000, 30000)),
+        ("jpeg 65000x65000", jpeg_header(65000, 65000)),
+    ],
+)
+def test_image_bombs_are_refused_at_once_without_memory(server, name, payload):
+    kind = "image/png" if name.startswith("png") else "image/jpeg"
+    t = time.perf_counter()
+    r = httpx.post(f"{server.url}/v1/predict", files={"file": ("x", payload, kind)}, timeout=30)
+    took = time.perf_counter() - t
+    side = name.split()[1]
+    assert r.status_code == 413 and side in r.json()["detail"], r.text
+    assert took < 0.1, f"{name}: refused after {took * 1000:.0f} ms"
+    assert server.mem()["VmHWM"] - server.baseline < 100, server.mem()
+
+
+def test_websocket_bomb_gets_an_error_message_and_the_connection_lives(server):
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{server.port}/v1/stream", open_timeout=10) as ws:
+        ws.send(png_header(20000, 20000))
+        assert "20000x20000" in json.loads(ws.recv(timeout=5))["error"]
+        ws.send(png_header(40000, 40000))
+        assert "40000x40000" in json.loads(ws.recv(timeout=5))["error"]
+        ws.send(cv2.imencode(".jpg", sample_face())[1].tobytes())
+        assert json.loads(ws.recv(timeout=10))["frame"] == 0
+    assert server.mem()["VmHWM"] - server.baseline < 100
+
+
+def _raw_post(port: int, path: str, headers: dict[str, str], body_chunks, read_timeout: float = 10.0):
+    """POST over a raw socket, sending ``body_chunks`` until the server answers or closes; returns
+    ``(status, bytes sent)``."""
+    s = socket.create_connection(("127.0.0.1", port))
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall((head + "\r\n").encode())
+    sent = 0
+    s.setblocking(False)
+    reply = b""
+    try:
+        for chunk in body_chunks:
+            try:
+                reply += s.recv(65536)
+                if reply:
+                    break
+            except BlockingIOError:
+                pass
+            try:
+                s.setblocking(True)
+                s.settimeout(5)
+                s.sendall(chunk)
+                sent += len(chunk)
+                s.setblocking(False)
+            except OSError:
+                break  # the server closed the connection
+        s.setblocking(True)
+        s.settimeout(read_timeout)
+        while b"\r\n" not in reply:
+            more = s.recv(65536)
+            if not more:
+                break
+            reply += more
+    finally:
+        s.close()
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else None, sent
+
+
+def test_body_limits_hold_while_the_body_streams(server):
+    boundary = "xx"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+    part += "Content-Type: image/jpeg\r\n\r\n"
+    ctype = f"multipart/form-data; boundary={boundary}"
+    # a Content-Length over the limit: refused at once, nothing read
+    t = time.perf_counter()
+    status, _ = _raw_post(server.port, "/v1/predict", {"Content-Type": ctype, "Content-Length": str(2**30)}, [])
+    assert status == 413 and time.perf_counter() - t < 0.1
+    # 1 GB without a length (chunked): refused once the 10 MB limit is passed; the client cannot send much more
+    block = b"\xff" * MB
+
+    def chunks():
+        yield f"{len(part):x}\r\n{part}\r\n".encode()
+        for _ in range(1024):
+            yield f"{len(block):x}\r\n".encode() + block + b"\r\n"
+
+    headers = {"Content-Type": ctype, "Transfer-Encoding": "chunked"}
+    status, sent = _raw_post(server.port, "/v1/predict", headers, chunks())
+    assert status == 413
+    assert sent < 40 * MB, f"the server read on to {sent / MB:.0f} MB"  # 10 MB limit + socket buffers
+    # while an upload streams in, its spool file is under --data-dir, not the system's temp folder
+    s = socket.create_connection(("127.0.0.1", server.port))
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    s.sendall(head.encode() + b"".join(c for c, _ in zip(chunks(), range(5), strict=False)))
+    time.sleep(1.0)
+    fd_dir = Path(f"/proc/{server.proc.pid}/fd")
+    spools = [os.readlink(f) for f in fd_dir.iterdir() if "(deleted)" in os.readlink(f)]
+    s.close()
+    assert spools and all(p.startswith(str(server.data_dir / "tmp")) for p in spools), spools
+    assert server.mem()["VmHWM"] - server.baseline < 100
+
+
+def test_video_with_huge_frames_is_refused_from_its_header(server, tmp_path):
+    payload = mp4_claiming(16000, 16000, tmp_path)
+    t = time.perf_counter()
+    r = httpx.post(f"{server.url}/v1/video", files={"file": ("v.mp4", payload, "video/mp4")}, timeout=30)
+    assert r.status_code == 413 and "16000x16000" in r.json()["detail"], r.text
+    assert time.perf_counter() - t < 0.1
+    r = httpx.post(f"{server.url}/v1/video", files={"file": ("v.mp4", payload[:40], "video/mp4")}, timeout=30)
+    assert r.status_code == 400  # a container too broken to declare its frame size
+    assert server.mem()["VmHWM"] - server.baseline < 100
+    assert not any((server.data_dir / "jobs").iterdir())  # refused uploads leave nothing behind
+
+
+def _wait(url: str, job: str, until, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = httpx.get(f"{url}/v1/video/{job}", timeout=10).json()
+        if until(st):
+            return st
+        time.sleep(0.1)
+    raise AssertionError(f"job {job} never got there: {st}")
+
+
+def test_jobs_survive_kill_9_and_restart(tmp_path):
+    """kill -9 while a job runs and another waits: after a restart on the same --data-dir the running job is
+    `failed` (interrupted) with its partial results downloadable, the waiting one runs to the end."""
+    data = tmp_path / "data"
+    long_clip, short_clip = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    make_clip([sample_face()], long_clip, n_frames=600, size=(640, 480))
+    make_clip([sample_face()], short_clip, n_frames=10, size=(320, 240))
+    srv = Server(data)
+    try:
+        post = lambda p: httpx.post(  # noqa: E731
+            f"{srv.url}/v1/video", files={"file": (p.name, p.read_bytes(), "video/mp4")}, timeout=30
+        ).json()["id"]
+        running = post(long_clip)
+        _wait(srv.url, running, lambda st: st["status"] == "running" and st["frames_done"] >= 10)
+        waiting = post(short_clip)
+        assert httpx.get(f"{srv.url}/v1/video/{waiting}").json()["status"] == "queued"
+    finally:
+        srv.stop(signal.SIGKILL)
+    srv = Server(data)
+    try:
+        st = _wait(srv.url, running, lambda st: st["status"] in ("done", "failed"))
+        assert st["status"] == "failed" and st["error"].startswith("interrupted")
+        rows = httpx.get(f"{srv.url}/v1/video/{running}/results.csv").text.splitlines()
+        assert rows[0].startswith("frame,") and len(rows) > 10  # partial results, downloadable
+        assert httpx.get(f"{srv.url}/v1/video/{running}/annotated.mp4").content[4:8] == b"ftyp"
+        done = _wait(srv.url, waiting, lambda st: st["status"] in ("done", "failed"))
+        assert done["status"] == "done" and done["frames_done"] == 10
+        text = httpx.get(f"{srv.url}/v1/video/{waiting}").text
+        assert str(tmp_path) not in text and str(data) not in text  # no server paths in responses
+    finally:
+        srv.stop()
