@@ -65,7 +65,8 @@ def run_one(config: str, collection: str, out: str, yunet: str) -> dict:
     c = CONFIGS[config]
     settings = PipelineSettings(detector="yunet", detector_model=yunet, threads=c.get("threads", 0))
     r = run_batch(
-        [collection], BatchOptions(out=out, settings=settings, ray=c["ray"], workers=c.get("workers", 0), progress=False)
+        [collection],
+        BatchOptions(out=out, settings=settings, ray=c["ray"], workers=c.get("workers", 0), progress=False),
     )
     wall = time.perf_counter() - t0
     return {

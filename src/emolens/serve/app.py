@@ -334,12 +334,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.jobs = s, jobs
 
+    admitted = [0]  # predictions being uploaded, waiting or running
+
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         problem = access_problem(s, request.headers, request.url.path, request.query_params.get("api_key"))
         if problem:
             return JSONResponse({"detail": problem[1]}, status_code=problem[0])
-        return await call_next(request)
+        if request.url.path != "/v1/predict" or request.method != "POST":
+            return await call_next(request)
+        # admission before the body is read: a request beyond max_pending costs no upload parsing
+        if admitted[0] >= s.max_pending:
+            return JSONResponse(
+                {"detail": "busy: too many predictions waiting"}, status_code=503, headers={"Retry-After": "1"}
+            )
+        admitted[0] += 1
+        try:
+            return await call_next(request)
+        finally:
+            admitted[0] -= 1
 
     app.add_middleware(
         BodyLimit,
@@ -383,8 +396,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             },
         }
 
-    waiting = [0]  # predictions accepted and not finished (one runs at a time, the rest wait for the lock)
-
     @app.post(
         "/v1/predict",
         response_model=PredictOut,
@@ -397,8 +408,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         time limit (504) is dropped if it has not started yet.
         """
         _media_type(file, IMAGE_TYPES, IMAGE_EXT)
-        if waiting[0] >= s.max_pending:
-            raise HTTPException(503, "busy: too many predictions waiting", headers={"Retry-After": "1"})
         data = await _read_limited(file, s.max_image_mb)
         img = _decode_image(data, s.max_image_side)
         cancelled = threading.Event()
@@ -409,14 +418,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                     return None
                 return fresh_pipeline().process(img)
 
-        waiting[0] += 1
         try:
             results = await asyncio.wait_for(asyncio.to_thread(work), s.request_timeout_s)
         except TimeoutError:
             cancelled.set()
             raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
-        finally:
-            waiting[0] -= 1
         return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, False)}
 
     @app.post(
