@@ -6,6 +6,7 @@ configuration runs `emolens.batch.run_batch` in its own fresh process on a fresh
 detector, and must produce the same faces table as the first one.
 
     python benchmarks/batch_throughput.py [--frames 60] [--videos 20] [--images 1000]
+    python benchmarks/batch_throughput.py --verify   # the batch table == `emolens live` / `predict` per file
 
 Reports per configuration: wall time (process start to tables written), start-up (wall minus the time the
 workers spent on files: imports, Ray start, model loading), frames/s over the work and over the wall time,
@@ -85,6 +86,53 @@ def run_one(config: str, collection: str, out: str, yunet: str) -> dict:
     }
 
 
+def verify(collection: Path, table: dict, yunet: str, work: Path) -> dict:
+    """Compare a batch faces table with `emolens live --csv` on every video and `emolens predict --json` on the
+    photo folder (the same detector; the CLI rounds probabilities to 5 decimals and boxes to 0.1 px)."""
+    import csv
+
+    from emolens.cli import main as cli
+
+    flags = ["--detector", "yunet", "--detector-model", yunet, "-q"]
+    rows_of: dict[str, list[int]] = {}
+    for i, f in enumerate(table["file"]):
+        rows_of.setdefault(f, []).append(i)
+    classes = [k[2:] for k in table if k.startswith("p_")]
+    out = {"videos": 0, "images": 0, "faces": 0, "count_mismatch": 0, "label_mismatch": 0, "max_prob_diff": 0.0}
+
+    def compare(mine: list[int], labels: list[str], probs: list[list[float]]) -> None:
+        out["faces"] += len(labels)
+        if len(mine) != len(labels):
+            out["count_mismatch"] += 1
+            return
+        for i, label, p in zip(mine, labels, probs, strict=True):
+            out["label_mismatch"] += table["label"][i] != label
+            diff = max(abs(table[f"p_{c}"][i] - q) for c, q in zip(classes, p, strict=True))
+            out["max_prob_diff"] = max(out["max_prob_diff"], diff)
+
+    for video in sorted((collection / "videos").glob("*.mp4")):
+        rows_csv = work / "verify" / f"{video.stem}.csv"
+        cli(["live", "--source", str(video), "--csv", str(rows_csv), *flags])
+        live = list(csv.DictReader(open(rows_csv)))
+        compare(
+            rows_of.get(str(video.resolve()), []),
+            [r["label"] for r in live],
+            [[float(r[f"p_{c}"]) for c in classes] for r in live],
+        )
+        out["videos"] += 1
+    pred = work / "verify" / "photos.json"
+    cli(["predict", str(collection / "photos"), "--json", str(pred), *flags])
+    for rec in json.loads(pred.read_text())["images"]:
+        faces = rec["faces"]
+        compare(
+            rows_of.get(str(Path(rec["file"]).resolve()), []),
+            [f["label"] for f in faces],
+            [list(f["probs"].values()) for f in faces],
+        )
+        out["images"] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=20)
@@ -92,6 +140,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--work", default=str(HERE / "_work" / "batch"))
+    ap.add_argument("--verify", action="store_true", help="check the in-process table against live/predict")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -106,6 +155,15 @@ def main() -> None:
     import shutil
 
     import pyarrow.parquet as pq
+
+    if a.verify:
+        out = work / "out_verify"
+        if not (out / "faces.parquet").is_file():
+            print(json.dumps(run_one("in-process, 2 threads", str(collection), str(out), yunet)), file=sys.stderr)
+        result = verify(collection, pq.read_table(out / "faces.parquet").to_pydict(), yunet, work)
+        print_table([result], list(result))
+        save("batch_vs_live_predict", {"collection": str(collection.relative_to(HERE.parent)), **result})
+        return
 
     for k, config in enumerate(a.configs):
         out = work / f"out_{k}"
