@@ -77,3 +77,26 @@ def test_logit_adjusted_loss_is_ce_of_shifted_logits_and_balances_a_skewed_prior
         logit_adjusted_cross_entropy(z.expand(100, 2), y, log_prior([90, 10])).backward()
         opt.step()
     assert abs(float(z.detach()[0, 0] - z.detach()[0, 1])) < 0.05
+
+
+def test_mixup_and_cutmix_mix_images_and_soft_targets_alike():
+    from emolens.training.losses import mix_batch
+
+    torch.manual_seed(0)
+    x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(6)])  # image i is all i
+    votes = torch.softmax(torch.randn(6, 4), 1)  # soft (vote) targets
+    assert mix_batch(x, votes)[0] is x  # both off: the batch as it is
+    mx, mt, lam = mix_batch(x, votes, mixup=0.4)
+    # every mixed image is lam * itself + (1 - lam) * one other; its target mixes the same way
+    partner = ((mx[:, 0, 0, 0] - lam * torch.arange(6.0)) / (1 - lam)).round().long()
+    assert torch.allclose(mx, lam * x + (1 - lam) * x[partner], atol=1e-5)
+    assert torch.allclose(mt, lam * votes + (1 - lam) * votes[partner], atol=1e-5)
+    assert torch.allclose(mt.sum(1), torch.ones(6))
+    cx, ct, lam = mix_batch(x, votes, cutmix=1.0)
+    for i in range(6):  # a box of image i comes from one other image; lam is the share of pixels kept
+        kept = (cx[i] == i).float().mean().item()
+        others = cx[i][cx[i] != i].unique()
+        assert len(others) <= 1 and (kept == pytest.approx(lam) or len(others) == 0)
+        if len(others):
+            j = int(others[0])
+            assert torch.allclose(ct[i], lam * votes[i] + (1 - lam) * votes[j], atol=1e-5)

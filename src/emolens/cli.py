@@ -49,6 +49,8 @@ RESUME_FROZEN = (
     "la_tau",
     "label_smoothing",
     "soft_labels",
+    "mixup",
+    "cutmix",
     "augment",
     "seed",
     "max_samples",

@@ -35,6 +35,8 @@ class TrainConfig:
     balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
     label_smoothing: float = 0.0
     soft_labels: bool = False  # train on FER+ vote distributions
+    mixup: float = 0.0  # MixUp Beta(a, a) parameter (0: off)
+    cutmix: float = 0.0  # CutMix Beta(a, a) parameter (0: off); with both, one of them per batch
     augment: str = "default"  # none | light | default
     select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
     amp: bool = True  # mixed precision (GPU only)
@@ -75,5 +77,7 @@ class TrainConfig:
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r}: choose one of {allowed}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("mixup and cutmix are Beta parameters: 0 (off) or > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")

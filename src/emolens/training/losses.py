@@ -56,3 +56,38 @@ def logit_adjusted_cross_entropy(
     balanced error, and ``logits + tau * log_prior`` gives back the prior-weighted one.
     """
     return weighted_cross_entropy(logits + tau * log_prior.to(logits.device), labels, None, soft, label_smoothing)
+
+
+def mix_batch(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with a shuffled copy of itself.
+
+    ``target`` is a distribution per sample (one-hot or FER+ votes), so soft labels mix too. ``mixup`` and
+    ``cutmix`` are the Beta(a, a) parameters (0: off); with both set, each batch uses one of them at random.
+    Returns the mixed images, the mixed targets and the weight ``lam`` of the original batch (for CutMix,
+    the exact share of its pixels that were kept). Random draws use PyTorch's global generator (seeded per
+    epoch by the trainer).
+    """
+    modes = [m for m, a in (("mixup", mixup), ("cutmix", cutmix)) if a > 0]
+    if not modes or len(x) < 2:
+        return x, target, 1.0
+    mode = modes[int(torch.randint(len(modes), (1,)))]
+    alpha = mixup if mode == "mixup" else cutmix
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(len(x)).to(x.device)
+    if mode == "mixup":
+        x = lam * x + (1 - lam) * x[perm]
+    else:
+        h, w = x.shape[-2:]
+        ch, cw = int(round(h * (1 - lam) ** 0.5)), int(round(w * (1 - lam) ** 0.5))
+        cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + (ch - ch // 2), h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + (cw - cw // 2), w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, lam * target + (1 - lam) * target[perm], lam

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
@@ -23,7 +24,7 @@ from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import Preprocess, eval_transform, train_transform
 from .config import TrainConfig
-from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, weighted_cross_entropy
+from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, mix_batch, weighted_cross_entropy
 from .sampler import EpochSampler
 
 log = logging.getLogger(__name__)
@@ -225,9 +226,13 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            target = soft.to(self.device) if cfg.soft_labels else None
+            if cfg.mixup or cfg.cutmix:  # mixed targets are distributions: one-hot where labels are hard
+                base = target if target is not None else F.one_hot(y, len(self.classes)).float()
+                x, target, _ = mix_batch(x, base, cfg.mixup, cfg.cutmix)
+                y = target.argmax(1)  # training accuracy: against the label that dominates the mix
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.ddp_model(x)
-            target = soft.to(self.device) if cfg.soft_labels else None
             if cfg.loss == "logit_adjusted":
                 loss = logit_adjusted_cross_entropy(
                     logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
