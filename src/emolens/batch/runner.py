@@ -135,19 +135,30 @@ class RayExecutor:
     def run(self, tasks: deque[Task]) -> Iterator[tuple[Task, list[FileResult] | BaseException]]:
         ray = self.ray
         busy: dict = {}  # object ref -> (actor, task)
+        pings: dict = {}  # object ref -> actor: a restarting actor, asked whether it is back
         idle = list(self.actors)
         while tasks or busy:
             while tasks and idle:  # one task per actor at a time: a dead actor loses at most one task
                 task, actor = tasks.popleft(), idle.pop()
                 task.attempts += 1
                 busy[actor.analyze.remote(task.files)] = (actor, task)
-            ready, _ = ray.wait(list(busy), num_returns=1)
+            ready, _ = ray.wait([*busy, *pings], num_returns=1)
+            if ready[0] in pings:
+                actor = pings.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                    idle.append(actor)  # back (restarted, model loaded)
+                except ray.exceptions.RayError:
+                    time.sleep(0.5)
+                    pings[actor.info.remote()] = actor
+                continue
             actor, task = busy.pop(ready[0])
-            idle.append(actor)
             try:
                 out = ray.get(ready[0])
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
                 log.warning("a worker died on %d file(s) (%s); trying them again", len(task.files), type(e).__name__)
+                # Ray restarts it; it takes work again once it answers (so retries never hit a restarting actor)
+                pings[actor.info.remote()] = actor
                 if len(task.files) > 1:  # find the file that takes the worker down: retry them one by one
                     tasks.extend(Task([f], task.attempts) for f in task.files)
                 elif task.attempts < self.max_attempts:
@@ -157,6 +168,7 @@ class RayExecutor:
                 continue
             except ray.exceptions.RayError as e:  # anything else Ray reports: recorded on the task's files
                 out = e
+            idle.append(actor)
             yield task, out
 
     def close(self) -> None:
