@@ -513,7 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-video-mb", type=float, default=200.0)
     sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
     sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
-    sv.add_argument("--max-pending", type=int, default=8, help="image predictions that may wait (503 beyond)")
+    sv.add_argument(
+        "--max-pending",
+        type=int,
+        default=8,
+        help="image predictions in flight: uploading, waiting or running (503 beyond)",
+    )
     sv.add_argument("--keep-hours", type=float, default=24.0, help="delete finished video jobs after this long")
     sv.add_argument(
         "--max-disk-gb", type=float, default=10.0, help="disk quota for video jobs (oldest finished deleted first)"

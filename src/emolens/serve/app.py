@@ -76,7 +76,7 @@ class ServeSettings:
     request_timeout_s: float = 20.0
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
-    max_pending: int = 8  # predictions that may wait per worker before 503
+    max_pending: int = 8  # predictions in flight (uploading, waiting, running) per worker before 503
     max_video_side: int = 4096  # larger video frames are refused from the container header, before FFmpeg
     keep_hours: float = 24.0  # finished jobs are deleted this long after they end
     max_disk_gb: float = 10.0  # the oldest finished jobs are deleted while the jobs take more; then 507
