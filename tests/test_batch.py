@@ -209,6 +209,53 @@ def test_killed_run_resumes_without_redoing_finished_files(collection, tmp_path)
     assert _table(out / "faces.parquet") == _table(fresh / "faces.parquet")
 
 
+def test_batch_flags_reach_the_options():
+    from emolens.cli import batch_options, build_parser
+
+    a = build_parser().parse_args(
+        ["batch", "x/", "--out", "o", "--csv", "--ray", "10.0.0.5:6379", "--workers", "3", "--cpus-per-worker", "2",
+         "--gpus-per-worker", "0.5", "--every", "4", "--whole-image", "--images-per-task", "8", "--retry-failed",
+         "--margin", "0.1", "--detector", "haar", "--threads", "2", "-q"]
+    )  # fmt: skip
+    o = batch_options(a)
+    assert (o.out, o.csv, o.ray, o.workers, o.cpus_per_worker, o.gpus_per_worker) == (
+        "o",
+        True,
+        "10.0.0.5:6379",
+        3,
+        2,
+        0.5,
+    )
+    assert (o.every, o.whole_image, o.images_per_task, o.retry_failed, o.progress) == (4, True, 8, True, False)
+    assert (o.settings.margin, o.settings.detector, o.settings.threads) == (0.1, "haar", 2)
+
+
+def test_every_and_whole_image_work_as_in_live_and_predict(collection, in_process, tmp_path):
+    clip = collection / "videos" / "two_people.mp4"
+    out = tmp_path / "every"
+    run_batch([clip], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, every=3))
+    rows_csv = tmp_path / "live.csv"
+    assert main(["live", "--source", str(clip), "--csv", str(rows_csv), "--every", "3", *_pipeline_flags()]) == 0
+    live = list(csv.DictReader(rows_csv.open()))
+    every = _table(out / "faces.parquet")
+    assert [r["label"] for r in live] == every["label"] and len(live) == 2 * 24  # every face of every frame
+    full = _table(in_process / "faces.parquet")
+    mine = [i for i, f in enumerate(full["file"]) if f == str(clip)]
+    p = {(f, t): v for f, t, v in zip(every["frame"], every["track_id"], every["p_happiness"], strict=True)}
+    held = [v == p[(f - 1, t)] for (f, t), v in p.items() if f % 3]
+    assert len(held) == 2 * 16 and all(held)  # frames between classified ones keep each track's probabilities
+    assert every["p_happiness"][:2] == [full["p_happiness"][i] for i in mine[:2]]
+    whole = tmp_path / "whole"
+    run_batch(
+        [collection / "photos"],
+        BatchOptions(out=whole, settings=_settings(), ray="none", progress=False, whole_image=True),
+    )
+    faces, files = _table(whole / "faces.parquet"), _table(whole / "files.parquet")
+    assert len(faces["file"]) == len(files["file"]) == sum(SFEW_PICK.values())  # one face per image: the image
+    boxes = zip(faces["x"], faces["y"], faces["w"], faces["h"], strict=True)
+    assert all((x, y, w, h) == (0, 0, 143, 181) for x, y, w, h in boxes)
+
+
 # ------------------------------------------------------------------ Ray
 @pytest.fixture(scope="module")
 def two_nodes():

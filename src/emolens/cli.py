@@ -243,11 +243,12 @@ def cmd_live(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_batch(a: argparse.Namespace) -> int:
-    from .batch import BatchOptions, run_batch
+def batch_options(a: argparse.Namespace):
+    """The :class:`~emolens.batch.BatchOptions` that ``emolens batch`` flags ask for."""
+    from .batch import BatchOptions
     from .live.settings import PipelineSettings
 
-    opts = BatchOptions(
+    return BatchOptions(
         out=a.out,
         settings=PipelineSettings.from_namespace(a),
         ray=a.ray,
@@ -261,6 +262,12 @@ def cmd_batch(a: argparse.Namespace) -> int:
         csv=a.csv,
         progress=not a.quiet,
     )
+
+
+def cmd_batch(a: argparse.Namespace) -> int:
+    from .batch import run_batch
+
+    opts = batch_options(a)
     r = run_batch(a.inputs, opts)
     print(
         f"{r['files']} file(s): {r['processed']} analysed now, {r['skipped']} already done; "

@@ -13,25 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..live.settings import PipelineSettings
+from ..live.writers import face_columns as live_face_columns
 from .inputs import MediaFile
 
 
 def face_columns(classes: list[str]) -> list[str]:
-    """Columns of the faces table, in order."""
-    return [
-        "file",
-        "frame",
-        "time_s",
-        "track_id",
-        "x",
-        "y",
-        "w",
-        "h",
-        "det_score",
-        "label",
-        "confidence",
-        *[f"p_{c}" for c in classes],
-    ]
+    """Columns of the batch faces table: file, frame, time, then the per-face columns of ``emolens live``."""
+    return ["file", "frame", "time_s", *live_face_columns(classes)]
 
 
 @dataclass

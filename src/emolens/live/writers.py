@@ -15,6 +15,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def face_columns(classes: Sequence[str]) -> list[str]:
+    """The columns of one face in every per-face table (live CSV/JSON lines, batch Parquet): track, box,
+    detector score, label, confidence, then one probability per class."""
+    return ["track_id", "x", "y", "w", "h", "det_score", "label", "confidence", *[f"p_{c}" for c in classes]]
+
+
 class RowWriter:
     """Writes one row per face per frame to CSV (``.csv``) or JSON lines (``.jsonl``/``.json``).
 
@@ -27,20 +33,7 @@ class RowWriter:
         self.classes = list(classes)
         self.json = self.path.suffix.lower() in (".jsonl", ".json", ".ndjson")
         self._f = open(self.path, "w", newline="")
-        self.columns = [
-            "frame",
-            "time_s",
-            "source",
-            "track_id",
-            "x",
-            "y",
-            "w",
-            "h",
-            "det_score",
-            "label",
-            "confidence",
-            *[f"p_{c}" for c in self.classes],
-        ]
+        self.columns = ["frame", "time_s", "source", *face_columns(self.classes)]
         if not self.json:
             self._csv = csv.writer(self._f)
             self._csv.writerow(self.columns)
