@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -119,10 +119,12 @@ class RayExecutor:
         cpus = ray.cluster_resources().get("CPU", 1)
         self.workers = opts.workers or max(1, int(cpus // max(opts.cpus_per_worker, 1e-9)))
         self.name = f"ray ({'local' if opts.ray == 'auto' else opts.ray}, {self.workers} workers)"
-        settings = PipelineSettings(**{**opts.settings.__dict__})
-        settings.threads = settings.threads or max(1, int(opts.cpus_per_worker))
-        if opts.gpus_per_worker and settings.device == "cpu":
-            settings.device = "cuda"
+        s = opts.settings  # each actor: threads for its CPUs, and the GPU share it reserved
+        settings = replace(
+            s,
+            threads=s.threads or max(1, int(opts.cpus_per_worker)),
+            device="cuda" if opts.gpus_per_worker and s.device == "cpu" else s.device,
+        )
         actor = ray.remote(
             num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker or None, max_restarts=-1, max_task_retries=0
         )(FileAnalyzer)
