@@ -414,3 +414,25 @@ def test_every_n_reports_every_face_of_every_frame_with_stable_ids(classifier, t
     assert {r["track_id"] for r in rows_every} == {r["track_id"] for r in rows_all}  # same IDs, no new ones
     assert len(calls) <= 40 / 5 + 2  # classified on every 5th frame (and for new faces) only
     assert every["frames"] == full["frames"] == 40
+
+
+def test_container_frame_size_is_read_from_the_header(tmp_path):
+    """Frame sizes of every container the server takes, read without FFmpeg; not-a-video gives None."""
+    from emolens.live.container import frame_size, sniff
+    from emolens.live.writers import open_video_writer
+
+    frame = np.zeros((240, 320, 3), np.uint8)
+    for name, fourcc in [("a.avi", "MJPG"), ("a.mkv", "XVID"), ("a.mov", "mp4v")]:
+        w = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*fourcc), 10, (320, 240))
+        for _ in range(3):
+            w.write(frame)
+        w.release()
+        assert frame_size(tmp_path / name) == (320, 240), name
+    for name in ("b.mp4", "b.webm"):  # PyAV: fragmented MP4 (H.264) and WebM (VP9)
+        w = open_video_writer(tmp_path / name, 10, (322, 180))
+        for _ in range(3):
+            w.write(np.zeros((180, 322, 3), np.uint8))
+        w.release()
+        assert frame_size(tmp_path / name) == (322, 180), name
+    (tmp_path / "x.mp4").write_bytes(b"not a video at all" * 4)
+    assert sniff(b"not a video at all") is None and frame_size(tmp_path / "x.mp4") is None
