@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..live.images import display_name
 from .inputs import MediaFile
 from .worker import FileResult, face_columns
 
@@ -54,11 +55,6 @@ def _atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _text(path: str) -> str:
-    """A path as valid UTF-8 text (names that are not valid UTF-8 get U+FFFD)."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class ResultStore:
@@ -112,7 +108,7 @@ class ResultStore:
         recs = self.records()
         out = set()
         for f in files:
-            r = recs.get(_text(f.path))
+            r = recs.get(display_name(f.path))
             if r is None or r[1]["size"] != f.size or r[1]["mtime_ns"] != f.mtime_ns:
                 continue
             if r[1]["status"] == "failed" and retry_failed:
@@ -130,11 +126,11 @@ class ResultStore:
         for r in results:
             for c, v in r.rows.items():
                 cols[c] += v
-        cols["file"] = [_text(f) for f in cols["file"]]
+        cols["file"] = [display_name(f) for f in cols["file"]]
         table = pa.table(cols, schema=self._schema)
         _atomic_write(self.parts / f"{task}.parquet", lambda p: pq.write_table(table, p))
         now = time.time()
-        recs = [{**r.record, "file": _text(r.file.path), "finished": now} for r in results]
+        recs = [{**r.record, "file": display_name(r.file.path), "finished": now} for r in results]
         _atomic_write(
             self.parts / f"{task}.json",
             lambda p: p.write_text(json.dumps({"files": recs}, allow_nan=False), encoding="utf-8"),
@@ -149,7 +145,7 @@ class ResultStore:
         """
         pa, pq = _require_pyarrow()
         recs = self.records()
-        chosen = [(f, recs.get(_text(f.path))) for f in files]
+        chosen = [(f, recs.get(display_name(f.path))) for f in files]
         chosen = [(f, r) for f, r in chosen if r is not None]
         ok = [(f, r) for f, r in chosen if r[1]["status"] == "ok"]
         failed = [r[1] for _, r in chosen if r[1]["status"] != "ok"]
@@ -160,7 +156,7 @@ class ResultStore:
         by_task: dict[str, set[str]] = {}
         for _, (task, rec) in ok:
             by_task.setdefault(task, set()).add(rec["file"])
-        order = {_text(f.path): i for i, f in enumerate(files)}
+        order = {display_name(f.path): i for i, f in enumerate(files)}
 
         def write_faces(tmp: Path) -> None:
             nonlocal n_faces

@@ -66,7 +66,7 @@ class Rows:
 class FileAnalyzer:
     """Holds one pipeline (model + detector) and analyses files with it.
 
-    Videos run through :meth:`Pipeline.stream` (tracking and smoothing per file, exactly as ``emolens
+    Videos run through :meth:`Pipeline.frames` (tracking and smoothing per file, exactly as ``emolens
     live``); images through the still-image step of ``emolens predict`` (no tracking, no smoothing).
     """
 

@@ -91,6 +91,6 @@ def predict_frame(pipeline: Pipeline, frame: np.ndarray, whole_image: bool = Fal
     return results
 
 
-def display_name(path: Path) -> str:
+def display_name(path: Path | str) -> str:
     """``path`` as printable text: bytes that are not valid UTF-8 (``surrogateescape``) become U+FFFD."""
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
