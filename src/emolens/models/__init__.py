@@ -60,6 +60,13 @@ REGISTRY: dict[str, ModelSpec] = {
         False,
         "VGG-style 8-conv net for 48 px grey faces (the bundled model)",
     ),
+    "fernet_wide": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels, widths=(48, 96, 192, 384)),
+        48,
+        1,
+        False,
+        "FERNet at 1.5x width (2.6 M parameters)",
+    ),
     "fernet_tiny": ModelSpec(
         lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels, widths=(16, 32, 64, 128)),
         48,

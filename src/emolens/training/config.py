@@ -38,6 +38,7 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp Beta(a, a) parameter (0: off)
     cutmix: float = 0.0  # CutMix Beta(a, a) parameter (0: off); with both, one of them per batch
     augment: str = "default"  # none | light | default
+    augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
     select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
     amp: bool = True  # mixed precision (GPU only)
     channels_last: bool = True

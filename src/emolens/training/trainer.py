@@ -22,7 +22,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, model_payload, save_a
 from ..data import FaceDataset, open_dataset
 from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
-from ..transforms import Preprocess, eval_transform, train_transform
+from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from .config import TrainConfig
 from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, mix_batch, weighted_cross_entropy
 from .sampler import EpochSampler
@@ -95,9 +95,9 @@ class Trainer:
         if self.distributed and not self.is_main:
             dist.barrier()
         cache = cfg.cache
-        self.train_full = open_dataset(
-            cfg.dataset, cfg.root, "train", transform=train_transform(self.pre, cfg.augment), cache=cache, **kw
-        )
+        # --augment-on-device: the dataset serves raw uint8 faces, held on the device; BatchAugment augments there
+        transform = None if cfg.augment_on_device else train_transform(self.pre, cfg.augment)
+        self.train_full = open_dataset(cfg.dataset, cfg.root, "train", transform=transform, cache=cache, **kw)
         self.val_full = open_dataset(
             cfg.dataset, cfg.root, "val", transform=eval_transform(self.pre), cache=cache, **kw
         )
@@ -146,10 +146,17 @@ class Trainer:
             **loader_kw,
         )
         self.val_loader = DataLoader(self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, **loader_kw)
+        self.on_device: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if cfg.augment_on_device:
+            self.on_device = _hold_on_device(self.train_ds, self.device)
+            self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
-            self.opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
+            )
         else:
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
         steps = len(self.train_loader) * cfg.epochs
@@ -162,6 +169,8 @@ class Trainer:
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
         self.amp = cfg.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
         self.start_epoch = 0
         self.best: float | None = None
         self.history: list[dict] = []
@@ -217,7 +226,8 @@ class Trainer:
         self.ddp_model.train()
         loss_sum, correct, n = 0.0, 0, 0
         bar = tqdm(
-            self.train_loader,
+            self._device_batches() if self.on_device is not None else self.train_loader,
+            total=len(self.train_loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not (cfg.progress and self.is_main),
             leave=False,
@@ -248,6 +258,16 @@ class Trainer:
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
         return loss_sum / max(n, 1), correct / max(n, 1)
+
+    def _device_batches(self):
+        """This epoch's batches from the faces held on the device, augmented there (the DataLoader's order)."""
+        assert self.on_device is not None
+        faces, labels, soft = self.on_device
+        idx = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        n = len(self.train_loader) * self.batch_size if self.train_loader.drop_last else len(idx)
+        for s in range(0, n, self.batch_size):
+            b = idx[s : min(s + self.batch_size, n)].to(self.device)
+            yield self.batch_augment(faces[b]), labels[b], soft[b]
 
     def _sync_buffers(self) -> None:
         """Average BatchNorm running statistics over ranks, so every rank holds the same model."""
@@ -330,6 +350,16 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return self.history
+
+
+def _hold_on_device(ds, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every face of ``ds`` (uint8, untransformed), its label and soft target, as tensors on ``device``.
+
+    Unreadable images are handled as the DataLoader would (``on_error``): skipped in favour of the next one.
+    """
+    loader = DataLoader(ds, batch_size=1024, shuffle=False, num_workers=0)
+    batches = list(tqdm(loader, desc="faces to device", leave=False, disable=len(ds) < 5000))
+    return tuple(torch.cat([b[k] for b in batches]).to(device) for k in range(3))  # type: ignore[return-value]
 
 
 def _cosine_with_warmup(total: int, warmup: int):
