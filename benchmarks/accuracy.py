@@ -6,7 +6,7 @@ Experiments (``--exp``):
   paper     the paper's comparison: paper_cnn vs resnet18 trained side by side on the same FER+ data.
   cross     no training: every model on FER+ test, FER2013 PrivateTest (7 classes), held-out CK+ subjects and
             held-out SFEW films (the fixed splits of emolens.data), single pass and flip TTA. Rows: the shipped
-            model, the previous one (from git), the paper's two (runs of --exp paper, if present) and peers run
+            model, the earlier ones (from git), the paper's two (runs of --exp paper, if present) and peers run
             on the same crops in their own environment (benchmarks/peers/; skipped when not installed).
 
     python benchmarks/accuracy.py --exp ferplus [--epochs 24] [--reuse runs/ferplus_fernet]
@@ -72,7 +72,11 @@ RECIPES = {
 ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013", "ckplus": "data/ckplus", "sfew": "data/sfew"}
 #: cross-dataset columns: (dataset kind, split)
 CROSS = (("ferplus", "test"), ("fer2013", "test"), ("ckplus", "test"), ("sfew", "test"))
-PREVIOUS = "b85cbfd"  # the last commit that shipped the previous bundled model (fernet, FER+ only)
+#: earlier bundled models, read from git history: label -> (commit that shipped it, path there)
+PREVIOUS = {
+    "emolens v2 (3f42902)": ("3f42902", "src/emolens/weights/fernet_v2.pt"),
+    "emolens v1 (b85cbfd)": ("b85cbfd", "src/emolens/weights/fernet_ferplus.pt"),
+}
 FER_PEER_CLASSES = {"angry": "anger", "happy": "happiness", "sad": "sadness"}
 
 
@@ -105,18 +109,16 @@ def run(recipe: str, out: Path, reuse: bool, **override) -> dict:
     return res
 
 
-def _previous_model() -> Path | None:
-    """The previously bundled model, extracted from git history into benchmarks/_work/."""
+def _previous_model(commit: str, path: str) -> Path | None:
+    """An earlier bundled model, extracted from git history into benchmarks/_work/."""
     import subprocess
 
-    out = Path(__file__).resolve().parent / "_work" / f"fernet_ferplus_{PREVIOUS}.pt"
+    out = Path(__file__).resolve().parent / "_work" / f"{Path(path).stem}_{commit}.pt"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(
-            ["git", "show", f"{PREVIOUS}:src/emolens/weights/fernet_ferplus.pt"], capture_output=True, check=False
-        )
+        r = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, check=False)
         if r.returncode:
-            print(f"SKIP previous model: git show {PREVIOUS} failed ({r.stderr.decode().strip()})")
+            print(f"SKIP previous model: git show {commit}:{path} failed ({r.stderr.decode().strip()})")
             return None
         out.write_bytes(r.stdout)
     return out
@@ -220,9 +222,10 @@ def main() -> None:
         from emolens.live.classifier import default_checkpoint
 
         models = {"emolens (shipped)": str(default_checkpoint())}
-        prev = _previous_model()
-        if prev:
-            models[f"emolens previous ({PREVIOUS})"] = str(prev)
+        for label, (commit, path) in PREVIOUS.items():
+            prev = _previous_model(commit, path)
+            if prev:
+                models[label] = str(prev)
         for name, run_dir in (("paper_cnn (paper)", "paper_cnn"), ("resnet18 (paper)", "paper_resnet18")):
             if (runs / run_dir / "best.pt").is_file():
                 models[name] = str(runs / run_dir / "best.pt")

@@ -48,6 +48,12 @@ CONFIGS = {
     "base_a": ["--model", "fernet", "--batch-size", "128", "--lr", "2e-3", "--weight-decay", "0.05"],
     "wide_v2": ["--model", "fernet_wide", "--batch-size", "64", "--lr", "1e-3", "--weight-decay", "1e-4",
                 "--seed", "1"],
+    # distillation: each member of --teacher (an ensemble) fine-tuned towards the whole ensemble
+    "kd_a": ["--model", "fernet_wide", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
+             "--teacher", "{teacher}", "--init", "{member0}", "--kd-weight", "0.5"],
+    "kd_mix": ["--model", "fernet_wide", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
+               "--teacher", "{teacher}", "--init", "{member1}", "--kd-weight", "0.5", "--cutmix", "1.0",
+               "--mixup", "0.2"],
 }  # fmt: skip
 EXTRA = ["ckplus={ck}*3", "sfew={sfew}*3"]
 
@@ -128,6 +134,26 @@ def unpack(pack_path: str, data: Path, cache_dir: Path) -> tuple[str, str, str]:
     return roots
 
 
+def split_ensemble(path: str | Path, out: Path) -> list[str]:
+    """Each member of an ensemble checkpoint as a checkpoint of its own (for ``--init``)."""
+    import torch
+
+    from emolens.checkpoint import load_checkpoint
+
+    c = load_checkpoint(path)
+    base, _, k = c["model"].rpartition("_x")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(int(k)):
+        prefix = f"members.{i}."
+        sd = {n[len(prefix) :]: v.float() if v.is_floating_point() else v for n, v in c["state_dict"].items()
+              if n.startswith(prefix)}  # fmt: skip
+        member = {**{x: c[x] for x in ("format", "classes", "num_classes", "preprocess") if x in c}, "model": base}
+        torch.save({**member, "state_dict": sd}, out / f"member{i}.pt")
+        paths.append(str(out / f"member{i}.pt"))
+    return paths
+
+
 def _epochs_done(run: Path) -> list[dict]:
     f = run / "metrics.jsonl"
     rows = []
@@ -180,10 +206,14 @@ def run(a: argparse.Namespace) -> None:
         d = Path(a.shared) / "data"
         ferplus, ck, sfew = str(d / "ferplus"), str(d / "ckplus"), str(d / "sfew")
     print(f"data ready in {time.time() - t0:.0f}s", flush=True)
-    names = a.configs or list(CONFIGS)
+    names = a.configs or [n for n in CONFIGS if not n.startswith("kd_")]
     data = ["--root", ferplus, "--extra-data", *[e.format(ck=ck, sfew=sfew) for e in EXTRA]]
     runs = {n: work / "runs" / n for n in names}
-    full = {n: [*COMMON, *data, *CONFIGS[n], *a.train_args, "--out", str(runs[n])] for n in names}
+    fill = {}
+    if a.teacher:
+        fill = {"teacher": a.teacher, **{f"member{i}": p for i, p in enumerate(split_ensemble(a.teacher, work))}}
+    args = {n: [x.format(**fill) for x in CONFIGS[n]] for n in names}
+    full = {n: [*COMMON, *data, *args[n], *a.train_args, "--out", str(runs[n])] for n in names}
     procs = {n: _start(n, [*full[n], "--epochs", str(a.max_epochs)], work / f"{n}.log") for n in names}
     # phase 1: time two epochs of every run while all share the GPU
     while any(len(_epochs_done(runs[n])) < 2 and procs[n].poll() is None for n in names) and time.time() < deadline:
@@ -246,6 +276,7 @@ def main() -> None:
     r.add_argument("--pack", help="data file from 'pack' (else the datasets under --shared)")
     r.add_argument("--shared", default=os.environ.get("EMOLENS_SHARED", "../shared"))
     r.add_argument("--configs", nargs="+", choices=sorted(CONFIGS))
+    r.add_argument("--teacher", help="ensemble checkpoint for the kd_* configs (its members start them)")
     r.add_argument("--budget", type=float, default=470, help="seconds for everything, data included")
     r.add_argument("--margin", type=float, default=25, help="seconds kept free at the end")
     r.add_argument("--max-epochs", type=int, default=250)

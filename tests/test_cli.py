@@ -150,7 +150,7 @@ def test_resume_reads_the_run_config_and_evaluate_defaults_to_the_bundled_model(
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     capsys.readouterr()
     assert main(["evaluate", "--dataset", "folder", "--root", str(root)]) == 0
-    assert capsys.readouterr().out.startswith("fernet on folder/test")
+    assert capsys.readouterr().out.startswith("fernet_wide on folder/test")  # the bundled model
 
 
 def test_align_with_haar_warns(tmp_path, capsys):

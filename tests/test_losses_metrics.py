@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emolens.evaluation.metrics import classification_metrics
-from emolens.training.losses import class_weights, weighted_cross_entropy
+from emolens.training.losses import class_weights, distillation_loss, weighted_cross_entropy
 from emolens.training.sampler import EpochSampler
 
 
@@ -100,3 +100,13 @@ def test_mixup_and_cutmix_mix_images_and_soft_targets_alike():
         if len(others):
             j = int(others[0])
             assert torch.allclose(ct[i], lam * votes[i] + (1 - lam) * votes[j], atol=1e-5)
+
+
+def test_distillation_loss_is_the_tempered_kl():
+    s = torch.zeros(1, 2)
+    t = torch.tensor([[math.log(3.0), 0.0]])  # teacher: 0.75 / 0.25; student: 0.5 / 0.5
+    assert distillation_loss(s, t, 1.0).item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), abs=1e-6)
+    p = torch.softmax(t / 2, 1)[0]
+    kl2 = float((p * (p / 0.5).log()).sum())
+    assert distillation_loss(s, t, 2.0).item() == pytest.approx(4 * kl2, abs=1e-6)  # T^2 scaling
+    assert distillation_loss(t, t.log_softmax(1), 3.0).item() == pytest.approx(0.0, abs=1e-6)  # logits or log-probs

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -47,3 +49,44 @@ def test_resnet18_loads_local_weights(tmp_path):
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'vgg99'"):
         models.create("vgg99")
+
+
+@pytest.mark.parametrize("name", ["fernet", "fernet_wide", "fernet_x2", "resnet18_small"])
+def test_for_inference_folds_batchnorm_without_changing_outputs(name):
+    from emolens.live.classifier import for_inference
+
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=8)
+    model.train()
+    for _ in range(3):  # give BatchNorm non-trivial running statistics
+        model(torch.randn(16, 1, 48, 48) * 2 + 0.5)
+    model.eval()
+    x = torch.randn(5, 1, 48, 48)
+    with torch.no_grad():
+        ref = model(x)
+        fast = for_inference(copy.deepcopy(model))
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # folded into the convs
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+
+
+def test_for_inference_keeps_a_model_it_cannot_trace():
+    from emolens.live.classifier import for_inference
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                x = -x
+            return self.bn(self.conv(x)).mean((2, 3))
+
+    m = Branchy().eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ref = m(x)
+        fast = for_inference(m)  # no exception: the plain model comes back
+        assert any(isinstance(k, torch.nn.BatchNorm2d) for k in fast.modules())
+        assert torch.allclose(fast(x), ref, atol=1e-6)

@@ -10,6 +10,7 @@ import torch
 from conftest import REPO, make_folder_dataset
 
 from emolens.evaluation.evaluate import evaluate
+from emolens.evaluation.inference import predict_loader
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 from emolens.training.checkpoint import unwrap
 
@@ -275,3 +276,53 @@ def test_crafted_checkpoint_is_refused_everywhere(cmd, tiny_root, tmp_path, caps
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "error" in line]
     assert len(err) == 1 and "refused" in err[0] and "posix.system" in err[0], err
     assert not marker.exists()
+
+
+def test_device_batches_equal_the_data_loaders(tiny_root, tmp_path):
+    """--augment-on-device serves the same faces, labels and soft targets, in the same order, as the DataLoader."""
+    cfg = dict(augment="none", balanced_sampler=True, epochs=2)
+    loader = Trainer(_cfg(tiny_root, tmp_path / "a", **cfg))
+    held = Trainer(_cfg(tiny_root, tmp_path / "b", augment_on_device=True, **cfg))
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        held.sampler.set_epoch(epoch)
+        a, b = list(loader.train_loader), list(held._device_batches())
+        assert len(a) == len(b) == len(held.train_loader)
+        for (xa, ya, sa), (xb, yb, sb) in zip(a, b, strict=True):
+            assert torch.allclose(xa, xb, atol=1e-6) and torch.equal(ya, yb) and torch.equal(sa, sb)
+
+
+def test_training_with_augmentation_on_device_learns_and_resumes(tiny_root, tmp_path):
+    straight = Trainer(_cfg(tiny_root, tmp_path / "a", epochs=4, augment="default", augment_on_device=True))
+    straight.fit()
+    assert straight.history[-1]["val_accuracy"] >= 0.9
+    first = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=4, augment="default", augment_on_device=True))
+    first.fit(stop_after=2)
+    resumed = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=4, augment="default", augment_on_device=True))
+    assert resumed.resume()
+    resumed.fit()  # augmentation draws are a function of the epoch: the resumed run ends with the same weights
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_path):
+    """kd_weight=1: the student learns only from the teacher. A teacher whose answers are the labels shifted by
+    one class yields a student that agrees with the teacher and not with the labels."""
+    first = train(_cfg(tiny_root, tmp_path / "t", epochs=4))
+    ck = load_checkpoint(first / "best.pt")
+    present = [0, 1, 2, 6]  # neutral, happiness, sadness, anger: the tiny set's classes
+    for name in ("classifier.weight", "classifier.bias"):
+        w = ck["state_dict"][name].clone()
+        w[present] = ck["state_dict"][name][present[1:] + present[:1]]  # answers the next present class
+        ck["state_dict"][name] = w
+    torch.save(ck, tmp_path / "shifted.pt")
+    kw = dict(epochs=4, augment="none", teacher=str(tmp_path / "shifted.pt"), kd_weight=1.0, kd_temperature=1.0)
+    student = Trainer(_cfg(tiny_root, tmp_path / "s", **kw))
+    student.fit()
+    probs, labels, _ = predict_loader(student.model, student.val_loader, torch.device("cpu"))
+    teacher_probs, _, _ = predict_loader(student.teacher, student.val_loader, torch.device("cpu"))
+    agree = (probs.argmax(1) == teacher_probs.argmax(1)).mean()
+    assert (teacher_probs.argmax(1) == labels).mean() < 0.1  # the teacher is wrong by construction
+    assert agree >= 0.9 and (probs.argmax(1) == labels).mean() < 0.1
+    with pytest.raises(CheckpointError, match="input"):
+        Trainer(_cfg(tiny_root, tmp_path / "x", image_size=48, teacher=str(tmp_path / "shifted.pt")))

@@ -51,6 +51,9 @@ RESUME_FROZEN = (
     "soft_labels",
     "mixup",
     "cutmix",
+    "teacher",
+    "kd_weight",
+    "kd_temperature",
     "augment",
     "seed",
     "max_samples",
@@ -61,7 +64,7 @@ def _data_paths(key: str, value):
     """``root`` / ``extra_data`` values with absolute paths (other keys unchanged)."""
     from pathlib import Path
 
-    if key == "root" and value:
+    if key in ("root", "teacher") and value:
         return str(Path(value).resolve())
     if key == "extra_data" and value:
         from .data import parse_data_spec
@@ -97,6 +100,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError("--root is required (the dataset folder)")
     if not a.resume:  # config.json records absolute data paths, so the run resumes from any folder
         cfg.root, cfg.extra_data = _data_paths("root", cfg.root), _data_paths("extra_data", cfg.extra_data)
+        cfg.teacher = _data_paths("teacher", cfg.teacher)
     out = train(cfg, resume=a.resume)
     print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
     return 0

@@ -37,6 +37,9 @@ class TrainConfig:
     soft_labels: bool = False  # train on FER+ vote distributions
     mixup: float = 0.0  # MixUp Beta(a, a) parameter (0: off)
     cutmix: float = 0.0  # CutMix Beta(a, a) parameter (0: off); with both, one of them per batch
+    teacher: str | None = None  # knowledge distillation: an emolens checkpoint (an ensemble too) to learn from
+    kd_weight: float = 0.5  # share of the loss that is distillation (the rest: the labels)
+    kd_temperature: float = 2.0
     augment: str = "default"  # none | light | default
     augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
     select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
@@ -80,5 +83,7 @@ class TrainConfig:
                 raise ValueError(f"{k}={getattr(self, k)!r}: choose one of {allowed}")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("mixup and cutmix are Beta parameters: 0 (off) or > 0")
+        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
+            raise ValueError("kd_weight must be in [0, 1] and kd_temperature > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")

@@ -91,3 +91,12 @@ def mix_batch(
         x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
     return x, lam * target + (1 - lam) * target[perm], lam
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``,
+    averaged over the batch. ``teacher`` may be logits or log-probabilities (an :class:`Ensemble`'s output)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean"
+    ) * (t * t)

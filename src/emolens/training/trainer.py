@@ -18,13 +18,20 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .. import models
-from ..checkpoint import CheckpointError, load_checkpoint, model_payload, save_atomic
+from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, model_payload, save_atomic
 from ..data import FaceDataset, open_dataset
 from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from .config import TrainConfig
-from .losses import class_weights, log_prior, logit_adjusted_cross_entropy, mix_batch, weighted_cross_entropy
+from .losses import (
+    class_weights,
+    distillation_loss,
+    log_prior,
+    logit_adjusted_cross_entropy,
+    mix_batch,
+    weighted_cross_entropy,
+)
 from .sampler import EpochSampler
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,7 @@ class Trainer:
         self.channels_last = cfg.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.teacher = self._load_teacher(cfg.teacher) if cfg.teacher else None
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -187,6 +195,21 @@ class Trainer:
         if self.is_main:
             log.info("initialised from %s", path)
 
+    def _load_teacher(self, path: str | Path) -> nn.Module:
+        """The frozen model to distil from; it must see the same input and answer in the same classes."""
+        ckpt = load_checkpoint(path)
+        if list(ckpt["classes"]) != list(self.classes):
+            raise CheckpointError(f"{path}: teacher classes {ckpt['classes']} differ from the dataset's")
+        teacher, pre = build_from_checkpoint(ckpt, str(path))
+        if pre != self.pre:
+            raise CheckpointError(f"{path}: the teacher's input {pre} differs from this run's {self.pre}")
+        teacher.to(self.device).eval().requires_grad_(False)
+        if self.cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        if self.is_main:
+            log.info("distilling from %s (%s)", path, ckpt["model"])
+        return teacher
+
     def _train_state(self, epoch: int) -> dict:
         return model_payload(
             self.model,
@@ -243,12 +266,18 @@ class Trainer:
                 y = target.argmax(1)  # training accuracy: against the label that dominates the mix
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.ddp_model(x)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x).float()
             if cfg.loss == "logit_adjusted":
                 loss = logit_adjusted_cross_entropy(
                     logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
                 )
             else:
                 loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
+            if self.teacher is not None:  # the teacher sees the same augmented (and mixed) batch
+                kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature)
+                loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
