@@ -20,7 +20,7 @@ def default_threads(processes: int = 1) -> int:
     least 1, so N processes never run more than one thread per core between them.
 
     Measured on 2 idle cores (``benchmarks/results/live_speed.json``, ``live_speed_threads1.json``): one live
-    pipeline runs 8 faces at 30 FPS with 2 threads and 23 with 1, so a single process takes all cores.
+    pipeline runs 8 faces at 23 FPS with 2 threads and 17 with 1, so a single process takes all cores.
     """
     return max(1, (os.cpu_count() or 1) // max(1, processes))
 
