@@ -184,25 +184,26 @@ class Trainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ state
-    def _init_from(self, path: str | Path) -> None:
-        """Start from the weights of an emolens checkpoint of the same model, classes and input."""
-        ckpt = load_checkpoint(path, expect_model=self.cfg.model, expect_classes=len(self.classes))
+    def _load_matching(self, path: str | Path, expect_model: str | None = None) -> dict:
+        """An emolens checkpoint that answers in this run's classes and reads this run's input."""
+        ckpt = load_checkpoint(path, expect_model=expect_model, expect_classes=len(self.classes))
         if list(ckpt["classes"]) != list(self.classes):
             raise CheckpointError(f"{path}: classes {ckpt['classes']} differ from the dataset's {list(self.classes)}")
         if Preprocess.from_dict(ckpt["preprocess"]) != self.pre:
             raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
+        return ckpt
+
+    def _init_from(self, path: str | Path) -> None:
+        """Start from the weights of an emolens checkpoint of the same model, classes and input."""
+        ckpt = self._load_matching(path, expect_model=self.cfg.model)
         self.model.load_state_dict(ckpt["state_dict"])
         if self.is_main:
             log.info("initialised from %s", path)
 
     def _load_teacher(self, path: str | Path) -> nn.Module:
         """The frozen model to distil from; it must see the same input and answer in the same classes."""
-        ckpt = load_checkpoint(path)
-        if list(ckpt["classes"]) != list(self.classes):
-            raise CheckpointError(f"{path}: teacher classes {ckpt['classes']} differ from the dataset's")
-        teacher, pre = build_from_checkpoint(ckpt, str(path))
-        if pre != self.pre:
-            raise CheckpointError(f"{path}: the teacher's input {pre} differs from this run's {self.pre}")
+        ckpt = self._load_matching(path)
+        teacher, _ = build_from_checkpoint(ckpt, str(path))
         teacher.to(self.device).eval().requires_grad_(False)
         if self.cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
