@@ -233,6 +233,75 @@ def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
         )
 
 
+def test_average_of_snapshots_is_the_mean_of_their_weights(tiny_root, tmp_path):
+    from emolens.cli import main
+    from emolens.training.checkpoint import average_checkpoints, build_from_checkpoint, save_atomic
+
+    a = train(_cfg(tiny_root, tmp_path / "a", epochs=2, keep_epochs=True))
+    assert sorted(p.name for p in a.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
+    last = load_checkpoint(a / "last.pt")
+    kept = load_checkpoint(a / "epoch_002.pt")
+    assert kept["epoch"] == 2 and "optimizer" not in kept
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in kept["state_dict"].items())
+    b = train(_cfg(tiny_root, tmp_path / "b", epochs=1, seed=1))
+    sa, sb = (load_checkpoint(p / "last.pt")["state_dict"] for p in (a, b))
+    avg = average_checkpoints([a / "last.pt", b / "last.pt"])
+    assert avg["model"] == "fernet_tiny" and "optimizer" not in avg
+    for k, v in avg["state_dict"].items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (sa[k] + sb[k]) / 2), k
+        else:
+            assert torch.equal(v, sa[k]), k  # BatchNorm batch counters: the first's
+    build_from_checkpoint(avg)  # an ordinary one-model checkpoint
+
+    # through the CLI, with BatchNorm re-measured on the training faces: running stats change, weights do not
+    out = tmp_path / "avg.pt"
+    assert (
+        main(
+            ["average", str(a / "last.pt"), str(b / "last.pt"), "--out", str(out)]
+            + ["--dataset", "folder", "--root", str(tiny_root), "--bn-samples", "64"]
+        )
+        == 0
+    )
+    got = load_checkpoint(out)
+    assert got["batchnorm_recomputed"]["faces"] == 64
+    conv_w = next(k for k in sa if k.endswith("weight") and sa[k].ndim == 4)
+    assert torch.equal(got["state_dict"][conv_w], avg["state_dict"][conv_w])
+    bn_mean = next(k for k in sa if k.endswith("running_mean"))
+    assert not torch.allclose(got["state_dict"][bn_mean], avg["state_dict"][bn_mean])
+
+    # different prior shifts cannot be averaged (the shift is in the bias); different models neither
+    shifted = {**load_checkpoint(b / "last.pt"), "prior_shift": {"tau": 0.5}}
+    save_atomic(shifted, tmp_path / "shifted.pt")
+    with pytest.raises(CheckpointError, match="prior shifts differ"):
+        average_checkpoints([a / "last.pt", tmp_path / "shifted.pt"])
+    other = train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "last.pt"
+    with pytest.raises(CheckpointError, match="model"):
+        average_checkpoints([a / "last.pt", other])
+
+
+def test_recompute_batchnorm_measures_the_mean_and_variance_of_its_input():
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from emolens.training.averaging import recompute_batchnorm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(3))
+    x = torch.randn(64, 1, 8, 8) * 2 + 1
+    used = recompute_batchnorm(model, TensorDataset(x, torch.zeros(64)), samples=64, batch_size=16)
+    with torch.no_grad():
+        h = conv(x)
+    assert used == 64 and not model.training
+    # update_bn: equal-weight mean over batches of 16 (each batch's biased mean/unbiased var)
+    want_mean = h.mean((0, 2, 3))
+    batches = torch.randperm(64, generator=torch.Generator().manual_seed(0)).view(4, 16)
+    want_var = torch.stack([h[b].var((0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(model[1].running_mean, want_mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, want_var, rtol=1e-4)
+
+
 class _Evil:
     """A pickle payload that would create a file when unpickled with weights_only=False."""
 

@@ -130,31 +130,84 @@ def train_counts(ckpt: dict) -> np.ndarray:
     return counts
 
 
+def _compatible(paths: list[str | Path]) -> list[dict]:
+    """Load checkpoints that must share model, classes and preprocessing (else a CheckpointError naming both)."""
+    if not paths:
+        raise CheckpointError("no checkpoints given")
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[0]
+    for p, c in zip(paths, ckpts, strict=True):
+        for key in ("model", "classes", "preprocess"):
+            if c[key] != first[key]:
+                raise CheckpointError(f"{p}: {key} {c[key]!r} differs from {paths[0]}'s {first[key]!r}")
+    return ckpts
+
+
+def _mean_prior(ckpts: list[dict]) -> np.ndarray:
+    """The mean of the checkpoints' class frequencies, scaled to their mean training-set size."""
+    counts = [train_counts(c) for c in ckpts]
+    size = sum(c.sum() for c in counts) / len(counts)
+    return sum(c / c.sum() for c in counts) / len(counts) * size
+
+
+_TRAINING_ONLY = ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config")
+
+
 def ensemble_checkpoints(paths: list[str | Path]) -> dict:
     """One checkpoint of model ``<model>_x<K>`` (an :class:`~emolens.models.Ensemble`) of K runs of ``<model>``.
 
     All must share model, classes and preprocessing. ``train_counts`` becomes the mean of the members'
     class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then uses.
     """
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = _compatible(paths)
     first = ckpts[0]
-    name = f"{first['model']}_x{len(ckpts)}"
-    for p, c in zip(paths, ckpts, strict=True):
-        for key in ("model", "classes", "preprocess"):
-            if c[key] != first[key]:
-                raise CheckpointError(f"{p}: {key} {c[key]!r} differs from {paths[0]}'s {first[key]!r}")
     state = {f"members.{k}.{n}": v for k, c in enumerate(ckpts) for n, v in c["state_dict"].items()}
     state["logit_bias"] = torch.zeros(first["num_classes"])
-    counts = [train_counts(c) for c in ckpts]
-    size = sum(c.sum() for c in counts) / len(counts)
-    prior = sum(c / c.sum() for c in counts) / len(counts) * size
     payload = {
         **first,
-        "model": name,
+        "model": f"{first['model']}_x{len(ckpts)}",
         "state_dict": state,
         "members": [str(p) for p in paths],
-        "train_counts": prior.tolist(),
+        "train_counts": _mean_prior(ckpts).tolist(),
     }
-    for key in ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config"):
+    for key in _TRAINING_ONLY:
         payload.pop(key, None)
+    return payload
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint whose weights are the mean of the checkpoints' weights (SWA, Izmailov et al. 2018).
+
+    For snapshots of one run (or fine-tunes of one start) that lie in one basin; the result is as fast as
+    one model. Integer buffers (BatchNorm's batch counters) are taken from the first; BatchNorm running
+    statistics are averaged too, which only approximates the averaged net's own: recompute them with
+    :func:`emolens.training.averaging.recompute_batchnorm`. A post-hoc prior shift is linear in the output
+    bias, so it survives averaging only if every checkpoint has the same one: others are refused.
+    """
+    ckpts = _compatible(paths)
+    taus = {(c.get("prior_shift") or {}).get("tau", 0.0) for c in ckpts}
+    if len(taus) > 1:
+        raise CheckpointError(f"prior shifts differ ({sorted(taus)}): average the un-shifted runs, then rebalance")
+    first = ckpts[0]
+    keys = list(first["state_dict"])
+    for p, c in zip(paths, ckpts, strict=True):
+        if list(c["state_dict"]) != keys:
+            raise CheckpointError(f"{p}: weights do not have the same tensors as {paths[0]}")
+    state = {}
+    for k in keys:
+        ts = [c["state_dict"][k] for c in ckpts]
+        if ts[0].is_floating_point():
+            state[k] = torch.stack([t.float() for t in ts]).mean(0).to(ts[0].dtype)
+        else:
+            state[k] = ts[0].clone()
+    payload = {
+        **first,
+        "state_dict": state,
+        "averaged": [str(p) for p in paths],
+        "train_counts": _mean_prior(ckpts).tolist(),
+    }
+    for key in _TRAINING_ONLY:
+        payload.pop(key, None)
+    if first.get("prior_shift"):
+        payload["prior_shift"] = first["prior_shift"]
     return payload

@@ -1,4 +1,5 @@
-"""Command-line interface: ``emolens train|evaluate|rebalance|ensemble|predict|live|batch|export|serve|models``."""
+"""Command-line interface, one ``cmd_*`` function per subcommand:
+``emolens train|evaluate|rebalance|ensemble|average|predict|live|batch|export|serve|models``."""
 
 from __future__ import annotations
 
@@ -151,6 +152,17 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
     payload = ensemble_checkpoints(a.checkpoints)
     save_atomic(payload, a.out)
     print(f"wrote {a.out} ({payload['model']}: {len(a.checkpoints)} members)")
+    return 0
+
+
+def cmd_average(a: argparse.Namespace) -> int:
+    from .training.averaging import average
+
+    if bool(a.dataset) != bool(a.root):
+        raise SystemExit("emolens average: --dataset and --root go together")
+    r = average(a.checkpoints, a.out, a.dataset, a.root, a.extra_data or (), a.bn_samples)
+    bn = f"BatchNorm re-measured on {r['bn_faces']} training faces" if r["bn_faces"] else "BatchNorm stats averaged"
+    print(f"wrote {a.out} (mean of {r['members']} checkpoints; {bn})")
     return 0
 
 
@@ -458,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("checkpoints", nargs="+")
     en.add_argument("--out", required=True)
     en.set_defaults(func=cmd_ensemble)
+
+    av = sub.add_parser("average", help="average the weights of snapshots of one run (SWA): one model, the cost of one")
+    av.add_argument("checkpoints", nargs="+")
+    av.add_argument("--out", required=True)
+    av.add_argument("--dataset", help="re-measure BatchNorm statistics on this dataset's training split")
+    av.add_argument("--root")
+    av.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
+    av.add_argument("--bn-samples", type=int, default=8192, help="training faces for the BatchNorm statistics")
+    av.set_defaults(func=cmd_average)
 
     pr = sub.add_parser("predict", help="emotions of every face in images or folders")
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")

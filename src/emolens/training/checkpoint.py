@@ -3,6 +3,7 @@
 from ..checkpoint import (  # noqa: F401
     FORMAT,
     CheckpointError,
+    average_checkpoints,
     build_from_checkpoint,
     ensemble_checkpoints,
     load_checkpoint,

@@ -50,6 +50,7 @@ class TrainConfig:
     cache: bool = True  # decoded-face memmap cache
     on_error: str = "skip"  # skip | raise for unreadable images
     max_samples: int | None = None  # cap train/val size (quick experiments, tests)
+    keep_epochs: bool = False  # also save every epoch's weights as epoch_NNN.pt (for `emolens average`)
     tta: bool = False  # flip test-time augmentation in validation/evaluation
     device: str = "auto"
     progress: bool = True

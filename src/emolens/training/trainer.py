@@ -69,7 +69,8 @@ class Trainer:
 
     Run directory: ``config.json``, ``metrics.jsonl`` (one line per epoch), ``last.pt`` (full
     training state, written atomically after every epoch), ``best.pt`` (inference checkpoint of the
-    best epoch by ``cfg.select_metric``) and ``plots/``.
+    best epoch by ``cfg.select_metric``), ``epoch_NNN.pt`` (every epoch's weights, with
+    ``cfg.keep_epochs``) and ``plots/``.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -353,20 +354,21 @@ class Trainer:
             if improved:
                 self.best = score
             if self.is_main:
-                if improved:
-                    save_atomic(
-                        model_payload(
-                            self.model,
-                            cfg.model,
-                            self.classes,
-                            self.pre,
-                            epoch=epoch + 1,
-                            val_metrics=vm,
-                            config=vars(cfg),
-                            train_counts=self.counts.tolist(),
-                        ),
-                        self.out / "best.pt",
+                if improved or cfg.keep_epochs:
+                    weights = model_payload(
+                        self.model,
+                        cfg.model,
+                        self.classes,
+                        self.pre,
+                        epoch=epoch + 1,
+                        val_metrics=vm,
+                        config=vars(cfg),
+                        train_counts=self.counts.tolist(),
                     )
+                    if improved:
+                        save_atomic(weights, self.out / "best.pt")
+                    if cfg.keep_epochs:  # snapshots for `emolens average` (SWA)
+                        save_atomic(weights, self.out / f"epoch_{epoch + 1:03d}.pt")
                 save_atomic(self._train_state(epoch), self.out / "last.pt")
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -1,0 +1,58 @@
+"""Weight averaging (SWA, Izmailov et al. 2018): one model from the mean of several snapshots' weights.
+
+:func:`emolens.checkpoint.average_checkpoints` averages the weights; the averaged net's BatchNorm layers
+then need running statistics of their own, which :func:`recompute_batchnorm` measures on training faces
+(``torch.optim.swa_utils.update_bn``). ``emolens average`` does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def recompute_batchnorm(model: nn.Module, dataset, samples: int = 8192, batch_size: int = 128, seed: int = 0) -> int:
+    """Reset and re-measure every BatchNorm layer's running mean/var on ``samples`` faces of ``dataset``
+    (a fixed random subset, ``seed``), as one cumulative average; returns how many faces were used."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[: min(samples, len(dataset))].tolist()
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
+    torch.manual_seed(seed)  # the augmentation's random draws
+    torch.optim.swa_utils.update_bn(loader, model)
+    model.eval()
+    return len(idx)
+
+
+def average(
+    checkpoints: Sequence[str | Path],
+    out: str | Path,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    extra: Sequence[str] = (),
+    bn_samples: int = 8192,
+    seed: int = 0,
+) -> dict:
+    """Average ``checkpoints`` into ``out``; with a dataset, re-measure BatchNorm statistics on its training
+    split (with the training augmentation, as during training). Returns a summary dict."""
+    from ..checkpoint import average_checkpoints, build_from_checkpoint, save_atomic, unwrap
+    from ..data import open_dataset
+    from ..transforms import train_transform
+
+    payload = average_checkpoints(list(checkpoints))
+    model, pre = build_from_checkpoint(payload, str(checkpoints[0]))
+    used = 0
+    if dataset and has_batchnorm(model):
+        ds = open_dataset(dataset, root, "train", pre.image_size, pre.channels, train_transform(pre), extra=extra)
+        used = recompute_batchnorm(model, ds, bn_samples, seed=seed)
+        payload["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        payload["batchnorm_recomputed"] = {"dataset": ds.name, "faces": used, "seed": seed}
+    save_atomic(payload, out)
+    return {"out": str(out), "members": len(checkpoints), "bn_faces": used}
