@@ -177,7 +177,7 @@ def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
 def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):
     import numpy as np
 
-    from emolens.evaluation.prior import prior_shift_table, rebalance
+    from emolens.evaluation.prior import folded_tau, prior_shift_table, rebalance
 
     # hand-made: two classes, prior 0.9/0.1; class-1 items score slightly below class 0 until tau < 0
     lp = np.log(np.array([[0.6, 0.4], [0.55, 0.45], [0.9, 0.1], [0.8, 0.2]]))
@@ -199,6 +199,17 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     chosen = next(row for row in r["table"] if row["tau"] == r["tau"])
     m = evaluate(tmp_path / "rb.pt", "folder", tiny_root, "val", progress=False)
     assert m["balanced_accuracy"] == pytest.approx(chosen["balanced_accuracy"], abs=1e-4)
+    # rebalancing again adds to the shift; folded_tau is the total, which undoes it exactly
+    r2 = rebalance(tmp_path / "rb.pt", "folder", tiny_root, tmp_path / "rb2.pt", metric="accuracy", progress=False)
+    again = load_checkpoint(tmp_path / "rb2.pt")
+    total = folded_tau(again)
+    assert total == pytest.approx(r["tau"] + r2["tau"]) and folded_tau(before) == 0.0
+    log_prior = np.log(np.maximum(counts, 0.5) / counts.sum())
+    assert np.allclose(
+        again["state_dict"]["classifier.bias"].numpy() - total * log_prior,
+        before["state_dict"]["classifier.bias"].numpy(),
+        atol=1e-5,
+    )
 
 
 def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
