@@ -28,10 +28,10 @@ def frontier(ckpt_path: str, split: str, extra: list[str], taus) -> list[dict]:
     import torch
     from torch.utils.data import DataLoader
 
-    from emolens.checkpoint import build_from_checkpoint, load_checkpoint, train_counts
+    from emolens.checkpoint import build_from_checkpoint, folded_tau, load_checkpoint, train_counts
     from emolens.data import open_dataset
     from emolens.evaluation.inference import predict_loader
-    from emolens.evaluation.prior import class_log_prior, folded_tau, prior_shift_table
+    from emolens.evaluation.prior import class_log_prior, prior_shift_table
     from emolens.transforms import eval_transform
 
     ckpt = load_checkpoint(ckpt_path)

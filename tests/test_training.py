@@ -177,7 +177,8 @@ def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
 def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):
     import numpy as np
 
-    from emolens.evaluation.prior import folded_tau, prior_shift_table, rebalance
+    from emolens.checkpoint import folded_tau
+    from emolens.evaluation.prior import prior_shift_table, rebalance
 
     # hand-made: two classes, prior 0.9/0.1; class-1 items score slightly below class 0 until tau < 0
     lp = np.log(np.array([[0.6, 0.4], [0.55, 0.45], [0.9, 0.1], [0.8, 0.2]]))
@@ -286,6 +287,9 @@ def test_average_of_snapshots_is_the_mean_of_their_weights(tiny_root, tmp_path):
     save_atomic(shifted, tmp_path / "shifted.pt")
     with pytest.raises(CheckpointError, match="prior shifts differ"):
         average_checkpoints([a / "last.pt", tmp_path / "shifted.pt"])
+    twice = {**load_checkpoint(a / "last.pt"), "prior_shift": {"tau": 0.2, "previous": {"tau": 0.3}}}
+    save_atomic(twice, tmp_path / "twice.pt")  # rebalanced twice, the same total shift: fine
+    assert average_checkpoints([tmp_path / "shifted.pt", tmp_path / "twice.pt"])["prior_shift"]["tau"] == 0.5
     other = train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "last.pt"
     with pytest.raises(CheckpointError, match="model"):
         average_checkpoints([a / "last.pt", other])

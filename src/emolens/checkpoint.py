@@ -130,6 +130,15 @@ def train_counts(ckpt: dict) -> np.ndarray:
     return counts
 
 
+def folded_tau(ckpt: dict) -> float:
+    """The total ``tau`` that ``emolens rebalance`` (run once or several times) folded into the output bias."""
+    total, shift = 0.0, ckpt.get("prior_shift")
+    while shift:
+        total += float(shift.get("tau", 0.0))
+        shift = shift.get("previous")
+    return total
+
+
 def _compatible(paths: list[str | Path]) -> list[dict]:
     """Load checkpoints that must share model, classes and preprocessing (else a CheckpointError naming both)."""
     if not paths:
@@ -185,7 +194,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     bias, so it survives averaging only if every checkpoint has the same one: others are refused.
     """
     ckpts = _compatible(paths)
-    taus = {(c.get("prior_shift") or {}).get("tau", 0.0) for c in ckpts}
+    taus = {round(folded_tau(c), 6) for c in ckpts}
     if len(taus) > 1:
         raise CheckpointError(f"prior shifts differ ({sorted(taus)}): average the un-shifted runs, then rebalance")
     first = ckpts[0]

@@ -161,8 +161,7 @@ def cmd_average(a: argparse.Namespace) -> int:
     if bool(a.dataset) != bool(a.root):
         raise SystemExit("emolens average: --dataset and --root go together")
     r = average(a.checkpoints, a.out, a.dataset, a.root, a.extra_data or (), a.bn_samples)
-    bn = f"BatchNorm re-measured on {r['bn_faces']} training faces" if r["bn_faces"] else "BatchNorm stats averaged"
-    print(f"wrote {a.out} (mean of {r['members']} checkpoints; {bn})")
+    print(f"wrote {a.out} (mean of {r['members']} checkpoints; BatchNorm statistics {r['batchnorm']})")
     return 0
 
 

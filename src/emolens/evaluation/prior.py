@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import folded_tau  # noqa: F401 - part of this module's API
 from .metrics import classification_metrics
 
 #: What :func:`rebalance` can maximise: the metrics themselves, or the mean of accuracy and balanced
@@ -119,12 +120,3 @@ def rebalance(
     }
     save_atomic(ckpt, out)
     return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out), "selected_on": ds.name}
-
-
-def folded_tau(ckpt: dict) -> float:
-    """The total ``tau`` that ``rebalance`` (run once or several times) has folded into a checkpoint's bias."""
-    total, shift = 0.0, ckpt.get("prior_shift")
-    while shift:
-        total += float(shift.get("tau", 0.0))
-        shift = shift.get("previous")
-    return total

@@ -41,18 +41,20 @@ def average(
     seed: int = 0,
 ) -> dict:
     """Average ``checkpoints`` into ``out``; with a dataset, re-measure BatchNorm statistics on its training
-    split (with the training augmentation, as during training). Returns a summary dict."""
+    split (with the training augmentation, as during training). Returns a summary dict (``batchnorm``:
+    "re-measured on N training faces", "averaged" or "none")."""
     from ..checkpoint import average_checkpoints, build_from_checkpoint, save_atomic, unwrap
     from ..data import open_dataset
     from ..transforms import train_transform
 
     payload = average_checkpoints(list(checkpoints))
     model, pre = build_from_checkpoint(payload, str(checkpoints[0]))
-    used = 0
-    if dataset and has_batchnorm(model):
+    used, batchnorm = 0, "averaged" if has_batchnorm(model) else "none"
+    if dataset and batchnorm == "averaged":
         ds = open_dataset(dataset, root, "train", pre.image_size, pre.channels, train_transform(pre), extra=extra)
         used = recompute_batchnorm(model, ds, bn_samples, seed=seed)
         payload["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
         payload["batchnorm_recomputed"] = {"dataset": ds.name, "faces": used, "seed": seed}
+        batchnorm = f"re-measured on {used} training faces"
     save_atomic(payload, out)
-    return {"out": str(out), "members": len(checkpoints), "bn_faces": used}
+    return {"out": str(out), "members": len(checkpoints), "bn_faces": used, "batchnorm": batchnorm}
