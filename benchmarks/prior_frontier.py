@@ -15,6 +15,7 @@ subjects/films); ``--split test`` is for reporting a model already chosen.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def main() -> None:
     save(
         a.out,
         {
-            "command": " ".join(["benchmarks/prior_frontier.py", *sys.argv[1:]]),
+            "command": shlex.join(["benchmarks/prior_frontier.py", *sys.argv[1:]]),
             "split": a.split,
             "datasets": ["ferplus", *(e.split("=")[0] for e in extra)],
             "summary": rows,
