@@ -216,7 +216,6 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
         "train_counts": _mean_prior(ckpts).tolist(),
     }
     for key in _TRAINING_ONLY:
-        payload.pop(key, None)
-    if first.get("prior_shift"):
-        payload["prior_shift"] = first["prior_shift"]
+        if key != "prior_shift":  # the same for all (checked above), so the average carries it
+            payload.pop(key, None)
     return payload

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import folded_tau  # noqa: F401 - part of this module's API
 from .metrics import classification_metrics
 
 #: What :func:`rebalance` can maximise: the metrics themselves, or the mean of accuracy and balanced
