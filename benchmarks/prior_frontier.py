@@ -26,31 +26,21 @@ from _common import print_table, save, shared  # noqa: E402
 
 
 def frontier(ckpt_path: str, split: str, extra: list[str], taus) -> list[dict]:
-    import torch
-    from torch.utils.data import DataLoader
+    from emolens.checkpoint import folded_tau
+    from emolens.evaluation.prior import prior_shift_table, split_log_probs
 
-    from emolens.checkpoint import build_from_checkpoint, folded_tau, load_checkpoint, train_counts
-    from emolens.data import open_dataset
-    from emolens.evaluation.inference import predict_loader
-    from emolens.evaluation.prior import class_log_prior, prior_shift_table
-    from emolens.transforms import eval_transform
-
-    ckpt = load_checkpoint(ckpt_path)
-    model, pre = build_from_checkpoint(ckpt, ckpt_path)
-    ds = open_dataset(
-        "ferplus", shared("data/ferplus"), split, pre.image_size, pre.channels, eval_transform(pre), extra=extra
-    )
-    probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=False)
-    log_prior = class_log_prior(train_counts(ckpt))
-    raw = np.log(np.maximum(probs, 1e-12)) - folded_tau(ckpt) * log_prior[None]
-    return prior_shift_table(raw, labels, log_prior, ds.classes, taus)
+    run = split_log_probs(ckpt_path, "ferplus", shared("data/ferplus"), split, extra, progress=False)
+    raw = run["log_probs"] - folded_tau(run["ckpt"]) * run["log_prior"][None]
+    return prior_shift_table(raw, run["labels"], run["log_prior"], run["classes"], taus)
 
 
 def summary(name: str, table: list[dict], levels: list[float]) -> dict:
-    best = max(table, key=lambda r: (r["accuracy"] + r["balanced_accuracy"]) / 2)
+    from emolens.evaluation.prior import objective
+
+    best = max(table, key=lambda r: objective(r, "acc_bal"))
     row = {
         "model": name,
-        "acc_bal": round((best["accuracy"] + best["balanced_accuracy"]) / 2, 4),
+        "acc_bal": round(objective(best, "acc_bal"), 4),
         "at_tau": best["tau"],
         "acc": best["accuracy"],
         "bal": best["balanced_accuracy"],

@@ -70,6 +70,37 @@ def output_bias(model: nn.Module) -> torch.Tensor:
     return linears[-1].bias
 
 
+def split_log_probs(
+    checkpoint: str | Path, dataset: str, root: str | Path, split: str, extra: Sequence[str] = (), progress: bool = True
+) -> dict:
+    """Run a checkpoint on a split: ``{"ckpt", "model", "log_probs", "labels", "classes", "counts", "log_prior",
+    "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales)."""
+    from torch.utils.data import DataLoader
+
+    from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, train_counts
+    from ..data import open_dataset
+    from ..transforms import eval_transform
+    from .inference import predict_loader
+
+    ckpt = load_checkpoint(checkpoint)
+    model, pre = build_from_checkpoint(ckpt, str(checkpoint))
+    ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
+    if list(ds.classes) != list(ckpt["classes"]):
+        raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
+    probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=progress)
+    counts = train_counts(ckpt)
+    return {
+        "ckpt": ckpt,
+        "model": model,
+        "log_probs": np.log(np.maximum(probs, 1e-12)),
+        "labels": labels,
+        "classes": list(ds.classes),
+        "counts": counts,
+        "log_prior": class_log_prior(counts),
+        "name": ds.name,
+    }
+
+
 def rebalance(
     checkpoint: str | Path,
     dataset: str,
@@ -83,39 +114,22 @@ def rebalance(
 ) -> dict:
     """Choose ``tau`` on ``dataset``/``split`` by ``metric``, fold ``tau * log(prior)`` into the output bias,
     write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out", "selected_on"}``."""
-    from torch.utils.data import DataLoader
+    from ..checkpoint import save_atomic
 
-    from ..checkpoint import (
-        CheckpointError,
-        build_from_checkpoint,
-        load_checkpoint,
-        save_atomic,
-        train_counts,
-    )
-    from ..data import open_dataset
-    from ..transforms import eval_transform
-    from .inference import predict_loader
-
-    ckpt = load_checkpoint(checkpoint)
-    model, pre = build_from_checkpoint(ckpt, str(checkpoint))
-    ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
-    if list(ds.classes) != list(ckpt["classes"]):
-        raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
-    probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=progress)
-    counts = train_counts(ckpt)
-    log_prior = class_log_prior(counts)
-    table = prior_shift_table(np.log(np.maximum(probs, 1e-12)), labels, log_prior, ds.classes, taus)
+    run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
+    ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
+    table = prior_shift_table(run["log_probs"], run["labels"], log_prior, run["classes"], taus)
     best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
     with torch.no_grad():
         output_bias(model).add_(torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32))
     ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    ckpt["train_counts"] = counts.tolist()
+    ckpt["train_counts"] = run["counts"].tolist()
     ckpt["prior_shift"] = {
         "tau": best["tau"],
         "metric": metric,
-        "selected_on": ds.name,
+        "selected_on": run["name"],
         "table": table,
         "previous": ckpt.get("prior_shift"),
     }
     save_atomic(ckpt, out)
-    return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out), "selected_on": ds.name}
+    return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out), "selected_on": run["name"]}
