@@ -9,7 +9,10 @@ picks) and its best accuracy at balanced accuracy >= each ``--at`` level.
 Model selection belongs on validation (the default: FER+ Valid + the CK+ and SFEW validation
 subjects/films); ``--split test`` is for reporting a model already chosen.
 
-    python benchmarks/prior_frontier.py NAME=CKPT [NAME=CKPT ...] [--split val] [--out NAME]
+    python benchmarks/prior_frontier.py NAME=CKPT[@VIEWS] [NAME=CKPT ...] [--split val] [--out NAME]
+
+``@flip`` / ``@shift-flip`` score a checkpoint averaged over views of each face: a multi-view distillation
+teacher (``emolens train --teacher-views``), not a single-pass model.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save, shared  # noqa: E402
 
 
-def frontier(ckpt_path: str, split: str, extra: list[str], taus) -> list[dict]:
+def frontier(ckpt_path: str, split: str, extra: list[str], taus, views: str = "single") -> list[dict]:
     from emolens.checkpoint import folded_tau
     from emolens.evaluation.prior import prior_shift_table, split_log_probs
 
-    run = split_log_probs(ckpt_path, "ferplus", shared("data/ferplus"), split, extra, progress=False)
+    run = split_log_probs(ckpt_path, "ferplus", shared("data/ferplus"), split, extra, progress=False, views=views)
     raw = run["log_probs"] - folded_tau(run["ckpt"]) * run["log_prior"][None]
     return prior_shift_table(raw, run["labels"], run["log_prior"], run["classes"], taus)
 
@@ -53,7 +56,7 @@ def summary(name: str, table: list[dict], levels: list[float]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", metavar="NAME=CKPT")
+    ap.add_argument("models", nargs="+", metavar="NAME=CKPT[@VIEWS]", help="VIEWS: single (default), flip, shift-flip")
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--ferplus-only", action="store_true", help="FER+ alone (default: + CK+ and SFEW)")
     ap.add_argument("--at", type=float, nargs="+", default=[0.77, 0.75, 0.72], help="balanced-accuracy levels")
@@ -68,7 +71,8 @@ def main() -> None:
     tables, rows = {}, []
     for spec in a.models:
         name, _, path = spec.partition("=")
-        tables[name] = frontier(path, a.split, extra, taus)
+        path, _, views = path.partition("@")
+        tables[name] = frontier(path, a.split, extra, taus, views or "single")
         rows.append(summary(name, tables[name], a.at))
     cols = ["model", "acc_bal", "at_tau", "acc", "bal", *(f"acc@bal>={lv}" for lv in a.at)]
     print(f"\nFER+ {a.split}{' + CK+/SFEW' if extra else ''}, tau swept 0..1.2 (threads {a.threads})")

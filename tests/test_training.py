@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import REPO, make_folder_dataset
 
+from emolens.checkpoint import build_from_checkpoint
 from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
@@ -113,7 +114,8 @@ def test_config_rejects_bad_values():
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from emolens.training import TrainConfig, Trainer
-    from emolens.training.checkpoint import unwrap
+    from emolens.checkpoint import build_from_checkpoint
+from emolens.training.checkpoint import unwrap
     root, out = sys.argv[1], sys.argv[2]
     t = Trainer(TrainConfig(dataset="folder", root=root, model="fernet_tiny", out=out, image_size=32, epochs=2,
                             batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light"))
@@ -211,6 +213,18 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
         before["state_dict"]["classifier.bias"].numpy(),
         atol=1e-5,
     )
+    # a given tau is folded as it is: minus the total takes the shift out again (through the CLI too)
+    rc = subprocess.run(
+        [sys.executable, "-m", "emolens.cli", "rebalance", str(tmp_path / "rb2.pt"), "--dataset", "folder"]
+        + ["--root", str(tiny_root), "--tau", str(-total), "--out", str(tmp_path / "raw.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr
+    assert "as given" in rc.stdout
+    raw = load_checkpoint(tmp_path / "raw.pt")
+    assert folded_tau(raw) == pytest.approx(0.0, abs=1e-9) and raw["prior_shift"]["metric"] == "fixed"
+    assert torch.allclose(raw["state_dict"]["classifier.bias"], before["state_dict"]["classifier.bias"], atol=1e-5)
 
 
 def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
@@ -389,9 +403,13 @@ def test_training_with_augmentation_on_device_learns_and_resumes(tiny_root, tmp_
         assert torch.equal(a, b), k
 
 
-def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_path):
+@pytest.mark.parametrize(
+    ("views", "offline"), [("single", False), ("flip", False), ("shift-flip", True)], ids=["online", "flip", "offline"]
+)
+def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_path, views, offline):
     """kd_weight=1: the student learns only from the teacher. A teacher whose answers are the labels shifted by
-    one class yields a student that agrees with the teacher and not with the labels."""
+    one class yields a student that agrees with the teacher and not with the labels, whether the teacher answers
+    every batch (over one view or two) or once per face before training (``teacher_offline``)."""
     first = train(_cfg(tiny_root, tmp_path / "t", epochs=4))
     ck = load_checkpoint(first / "best.pt")
     present = [0, 1, 2, 6]  # neutral, happiness, sadness, anger: the tiny set's classes
@@ -401,12 +419,23 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         ck["state_dict"][name] = w
     torch.save(ck, tmp_path / "shifted.pt")
     kw = dict(epochs=4, augment="none", teacher=str(tmp_path / "shifted.pt"), kd_weight=1.0, kd_temperature=1.0)
-    student = Trainer(_cfg(tiny_root, tmp_path / "s", **kw))
+    student = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=offline, **kw))
     student.fit()
+    teacher, _ = build_from_checkpoint(ck)
     probs, labels, _ = predict_loader(student.model, student.val_loader, torch.device("cpu"))
-    teacher_probs, _, _ = predict_loader(student.teacher, student.val_loader, torch.device("cpu"))
+    teacher_probs, _, _ = predict_loader(teacher, student.val_loader, torch.device("cpu"))
     agree = (probs.argmax(1) == teacher_probs.argmax(1)).mean()
     assert (teacher_probs.argmax(1) == labels).mean() < 0.1  # the teacher is wrong by construction
     assert agree >= 0.9 and (probs.argmax(1) == labels).mean() < 0.1
+    held = tmp_path / "s" / "teacher_targets.pt"
+    assert held.is_file() == offline
+    if offline:  # one answer per training face, and the next run with the same teacher reuses them
+        targets = torch.load(held, weights_only=True)["log_probs"]
+        assert targets.shape == (len(student.train_full), 8)
+        assert torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-4)
+        again = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=True, **kw))
+        assert torch.equal(again.train_ds.targets_, targets)
     with pytest.raises(CheckpointError, match="input"):
         Trainer(_cfg(tiny_root, tmp_path / "x", image_size=48, teacher=str(tmp_path / "shifted.pt")))
+    with pytest.raises(ValueError, match="set teacher"):
+        _cfg(tiny_root, tmp_path / "y", teacher_offline=True).validate()

@@ -55,6 +55,8 @@ RESUME_FROZEN = (
     "teacher",
     "kd_weight",
     "kd_temperature",
+    "teacher_views",
+    "teacher_offline",
     "augment",
     "seed",
     "max_samples",
@@ -134,7 +136,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_rebalance(a: argparse.Namespace) -> int:
     from .evaluation.prior import rebalance
 
-    r = rebalance(a.checkpoint, a.dataset, a.root, a.out, split=a.split, extra=a.extra_data or (), metric=a.metric)
+    r = rebalance(
+        a.checkpoint, a.dataset, a.root, a.out, split=a.split, extra=a.extra_data or (), metric=a.metric, tau=a.tau
+    )
     print(f"{'tau':>6s} {'accuracy':>9s} {'balanced':>9s} {'macro_f1':>9s} {'min_recall':>10s}")
     for row in r["table"]:
         mark = "  <- chosen" if row["tau"] == r["tau"] else ""
@@ -142,7 +146,8 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
             f"{row['tau']:6.2f} {row['accuracy']:9.4f} {row['balanced_accuracy']:9.4f} {row['macro_f1']:9.4f} "
             f"{row['min_recall']:10.4f}{mark}"
         )
-    print(f"wrote {r['out']} (tau={r['tau']:+.2f}, chosen by {r['metric']} on {r['selected_on']})")
+    how = "as given" if r["metric"] == "fixed" else f"chosen by {r['metric']}"
+    print(f"wrote {r['out']} (tau={r['tau']:+.2f}, {how}; table on {r['selected_on']})")
     return 0
 
 
@@ -461,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="acc_bal",
         choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
         help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
+    )
+    rb.add_argument(
+        "--tau", type=float, help="fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
     )
     rb.add_argument("--out", required=True, help="the corrected checkpoint")
     rb.set_defaults(func=cmd_rebalance)

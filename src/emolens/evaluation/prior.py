@@ -71,10 +71,19 @@ def output_bias(model: nn.Module) -> torch.Tensor:
 
 
 def split_log_probs(
-    checkpoint: str | Path, dataset: str, root: str | Path, split: str, extra: Sequence[str] = (), progress: bool = True
+    checkpoint: str | Path,
+    dataset: str,
+    root: str | Path,
+    split: str,
+    extra: Sequence[str] = (),
+    progress: bool = True,
+    views: str = "single",
 ) -> dict:
     """Run a checkpoint on a split: ``{"ckpt", "model", "log_probs", "labels", "classes", "counts", "log_prior",
-    "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales)."""
+    "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales).
+
+    ``views`` other than "single" average the model over views of each face
+    (:data:`emolens.training.teacher.VIEWS`): how a multi-view distillation teacher answers."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, train_counts
@@ -87,7 +96,14 @@ def split_log_probs(
     ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
     if list(ds.classes) != list(ckpt["classes"]):
         raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
-    probs, labels, _ = predict_loader(model, DataLoader(ds, batch_size=256), torch.device("cpu"), progress=progress)
+    loader = DataLoader(ds, batch_size=256)
+    if views == "single":
+        probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), progress=progress)
+    else:
+        from ..training.teacher import multi_view_log_probs
+
+        pairs = [(multi_view_log_probs(model, x, views).exp().numpy(), y.numpy()) for x, y, _ in loader]
+        probs, labels = np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs])
     counts = train_counts(ckpt)
     return {
         "ckpt": ckpt,
@@ -111,15 +127,24 @@ def rebalance(
     metric: str = "acc_bal",
     taus=DEFAULT_TAUS,
     progress: bool = True,
+    tau: float | None = None,
 ) -> dict:
     """Choose ``tau`` on ``dataset``/``split`` by ``metric``, fold ``tau * log(prior)`` into the output bias,
-    write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out", "selected_on"}``."""
+    write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out", "selected_on"}``.
+
+    A given ``tau`` is folded as it is (``metric`` "fixed"; the table still reports the split): e.g. minus
+    :func:`emolens.checkpoint.folded_tau` takes a checkpoint's prior shift out again."""
     from ..checkpoint import save_atomic
 
     run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
     ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
+    if tau is not None:
+        taus, metric = sorted({*taus, round(float(tau), 4)}), "fixed"
     table = prior_shift_table(run["log_probs"], run["labels"], log_prior, run["classes"], taus)
-    best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
+    if tau is not None:
+        best = next(r for r in table if r["tau"] == round(float(tau), 4))
+    else:
+        best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
     with torch.no_grad():
         output_bias(model).add_(torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32))
     ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

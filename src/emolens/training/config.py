@@ -40,6 +40,8 @@ class TrainConfig:
     teacher: str | None = None  # knowledge distillation: an emolens checkpoint (an ensemble too) to learn from
     kd_weight: float = 0.5  # share of the loss that is distillation (the rest: the labels)
     kd_temperature: float = 2.0
+    teacher_views: str = "single"  # single | flip | shift-flip: the teacher averages its answers over these views
+    teacher_offline: bool = False  # the teacher answers once per un-augmented face before training (cheap on CPU)
     augment: str = "default"  # none | light | default
     augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
     select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
@@ -78,6 +80,7 @@ class TrainConfig:
             "augment": ("none", "light", "default"),
             "select_metric": ("accuracy", "balanced_accuracy", "macro_f1", "loss"),
             "on_error": ("skip", "raise"),
+            "teacher_views": ("single", "flip", "shift-flip"),
         }
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -86,5 +89,7 @@ class TrainConfig:
             raise ValueError("mixup and cutmix are Beta parameters: 0 (off) or > 0")
         if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
             raise ValueError("kd_weight must be in [0, 1] and kd_temperature > 0")
+        if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
+            raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .. import models
@@ -33,6 +33,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .sampler import EpochSampler
+from .teacher import agreement, multi_view_log_probs, precompute_targets
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,26 @@ def _dist_info() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def _subset(ds: FaceDataset, n: int | None, seed: int) -> FaceDataset | Subset:
+class _WithTargets(Dataset):
+    """``ds`` whose items carry a fourth element: row ``i`` of ``targets`` (precomputed teacher answers)."""
+
+    def __init__(self, ds: FaceDataset, targets: torch.Tensor) -> None:
+        if len(targets) != len(ds):
+            raise ValueError(f"{len(targets)} teacher targets for {len(ds)} faces")
+        self.ds, self.targets_ = ds, targets
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.ds.targets
+
+    def __getitem__(self, i: int):
+        return (*self.ds[i], self.targets_[i])
+
+
+def _subset(ds: FaceDataset | _WithTargets, n: int | None, seed: int) -> FaceDataset | _WithTargets | Subset:
     if n is None or n >= len(ds):
         return ds
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
@@ -131,6 +151,24 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.teacher = self._load_teacher(cfg.teacher) if cfg.teacher else None
+        if self.teacher is not None and cfg.teacher_offline:
+            # the teacher answers once per (un-augmented) training face; batches carry its answers
+            self.out.mkdir(parents=True, exist_ok=True)
+            targets = precompute_targets(
+                self.teacher,
+                cfg.teacher,
+                self.train_full,
+                eval_transform(self.pre),
+                cfg.teacher_views,
+                self.out / "teacher_targets.pt",
+                self.device,
+                progress=cfg.progress and self.is_main,
+            )
+            if self.is_main:
+                agree = agreement(targets, self.train_full.targets)
+                log.info("teacher agrees with %.1f%% of the training labels", 100 * agree)
+            self.train_ds = _subset(_WithTargets(self.train_full, targets), cfg.max_samples, cfg.seed)
+            self.teacher = None
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -155,7 +193,7 @@ class Trainer:
             **loader_kw,
         )
         self.val_loader = DataLoader(self.val_ds, batch_size=max(256, cfg.batch_size), shuffle=False, **loader_kw)
-        self.on_device: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.on_device: tuple[torch.Tensor, ...] | None = None
         if cfg.augment_on_device:
             self.on_device = _hold_on_device(self.train_ds, self.device)
             self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
@@ -257,27 +295,38 @@ class Trainer:
             disable=not (cfg.progress and self.is_main),
             leave=False,
         )
-        for x, y, soft in bar:
+        n_cls = len(self.classes)
+        for x, y, soft, *held in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = soft.to(self.device) if cfg.soft_labels else None
+            # --teacher-offline: the teacher's log-probabilities for these faces, computed before training
+            teacher_logits = held[0].to(self.device).float() if held else None
             if cfg.mixup or cfg.cutmix:  # mixed targets are distributions: one-hot where labels are hard
-                base = target if target is not None else F.one_hot(y, len(self.classes)).float()
-                x, target, _ = mix_batch(x, base, cfg.mixup, cfg.cutmix)
+                base = target if target is not None else F.one_hot(y, n_cls).float()
+                if teacher_logits is not None:  # held teacher answers mix with their images, as probabilities
+                    base = torch.cat([base, teacher_logits.exp()], 1)
+                x, mixed, _ = mix_batch(x, base, cfg.mixup, cfg.cutmix)
+                target = mixed[:, :n_cls]
+                if teacher_logits is not None:
+                    teacher_logits = mixed[:, n_cls:].clamp_min(1e-12).log()
                 y = target.argmax(1)  # training accuracy: against the label that dominates the mix
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.ddp_model(x)
-                if self.teacher is not None:
+                if self.teacher is not None:  # the teacher sees the same augmented (and mixed) batch
                     with torch.no_grad():
-                        teacher_logits = self.teacher(x).float()
+                        if cfg.teacher_views == "single":
+                            teacher_logits = self.teacher(x).float()
+                        else:
+                            teacher_logits = multi_view_log_probs(self.teacher, x, cfg.teacher_views)
             if cfg.loss == "logit_adjusted":
                 loss = logit_adjusted_cross_entropy(
                     logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
                 )
             else:
                 loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
-            if self.teacher is not None:  # the teacher sees the same augmented (and mixed) batch
+            if teacher_logits is not None:
                 kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature)
                 loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
             self.opt.zero_grad(set_to_none=True)
@@ -293,12 +342,12 @@ class Trainer:
     def _device_batches(self):
         """This epoch's batches from the faces held on the device, augmented there (the DataLoader's order)."""
         assert self.on_device is not None
-        faces, labels, soft = self.on_device
+        faces, labels, soft, *held = self.on_device
         idx = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
         n = len(self.train_loader) * self.batch_size if self.train_loader.drop_last else len(idx)
         for s in range(0, n, self.batch_size):
             b = idx[s : min(s + self.batch_size, n)].to(self.device)
-            yield self.batch_augment(faces[b]), labels[b], soft[b]
+            yield self.batch_augment(faces[b]), labels[b], soft[b], *(h[b] for h in held)
 
     def _sync_buffers(self) -> None:
         """Average BatchNorm running statistics over ranks, so every rank holds the same model."""
@@ -384,14 +433,15 @@ class Trainer:
         return self.history
 
 
-def _hold_on_device(ds, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every face of ``ds`` (uint8, untransformed), its label and soft target, as tensors on ``device``.
+def _hold_on_device(ds, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every face of ``ds`` (uint8, untransformed), its label and soft target (and held teacher answers), as
+    tensors on ``device``.
 
     Unreadable images are handled as the DataLoader would (``on_error``): skipped in favour of the next one.
     """
     loader = DataLoader(ds, batch_size=1024, shuffle=False, num_workers=0)
     batches = list(tqdm(loader, desc="faces to device", leave=False, disable=len(ds) < 5000))
-    return tuple(torch.cat([b[k] for b in batches]).to(device) for k in range(3))  # type: ignore[return-value]
+    return tuple(torch.cat([b[k] for b in batches]).to(device) for k in range(len(batches[0])))
 
 
 def _cosine_with_warmup(total: int, warmup: int):

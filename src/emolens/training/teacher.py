@@ -1,0 +1,115 @@
+"""A distillation teacher that averages its answers over several views of each face.
+
+Averaging a model over small shifts and mirror images of a face is a better teacher than the model on
+one view (on FER+ Valid + CK+/SFEW val, ten views lift the shipped model's accuracy at equal balanced
+accuracy by about a point; see the model card). :func:`multi_view_log_probs` is that teacher;
+:func:`precompute_targets` runs it once over the un-augmented training faces (``--teacher-offline``),
+so a CPU run pays for the views once instead of on every batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import FaceDataset
+
+log = logging.getLogger(__name__)
+
+#: A view: (shift right, shift down) as fractions of the side, and whether to mirror it.
+View = tuple[float, float, bool]
+_SHIFT = 0.03  # 1.4 px of a 48 px face
+VIEWS: dict[str, list[View]] = {
+    "single": [(0.0, 0.0, False)],
+    "flip": [(0.0, 0.0, False), (0.0, 0.0, True)],
+    "shift-flip": [
+        (dx, dy, flip)
+        for dx, dy in ((0.0, 0.0), (_SHIFT, 0.0), (-_SHIFT, 0.0), (0.0, _SHIFT), (0.0, -_SHIFT))
+        for flip in (False, True)
+    ],
+}
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def view_batch(x: torch.Tensor, dx: float, dy: float, flip: bool) -> torch.Tensor:
+    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), then mirrored."""
+    if dx or dy:
+        theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        # affine_grid maps output -> input in [-1, 1] coordinates (side = 2): content moves by +dx*side
+        theta[:, 0, 2], theta[:, 1, 2] = -2 * dx, -2 * dy
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.flip(x, dims=[3]) if flip else x
+
+
+@torch.no_grad()
+def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[View] = "shift-flip") -> torch.Tensor:
+    """Log of the model's class probabilities averaged over ``views`` of ``x`` (a name in :data:`VIEWS`)."""
+    vs = VIEWS[views] if isinstance(views, str) else views
+    p = sum(model(view_batch(x, *v)).float().softmax(1) for v in vs) / len(vs)
+    return torch.log(p.clamp_min(1e-12))
+
+
+def precompute_targets(
+    teacher: nn.Module,
+    teacher_path: str | Path,
+    ds: FaceDataset,
+    eval_tf,
+    views: str,
+    cache: str | Path,
+    device: torch.device,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The teacher's multi-view log-probabilities for every face of ``ds`` seen without augmentation (N x C).
+
+    Kept in ``cache`` and reused (a resumed run) while the teacher file, the views and the faces are the same.
+    """
+    key = {
+        "teacher_sha256": _sha256(teacher_path),
+        "views": views,
+        "samples": [s.name for s in ds.samples],
+        "labels": [s.label for s in ds.samples],
+    }
+    cache = Path(cache)
+    if cache.is_file():
+        held = torch.load(cache, map_location="cpu", weights_only=True)
+        if {k: held.get(k) for k in key} == key:
+            log.info("teacher targets from %s", cache)
+            return held["log_probs"]
+        log.info("%s is for another teacher, views or data: recomputing", cache)
+    clean = copy.copy(ds)  # the same faces (and decoded-face cache), without augmentation
+    clean.transform = eval_tf
+    out = []
+    loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=0)
+    for x, _, _ in tqdm(loader, desc=f"teacher targets ({views})", disable=not progress, leave=False):
+        out.append(multi_view_log_probs(teacher, x.to(device), views).cpu())
+    log_probs = torch.cat(out)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({**key, "log_probs": log_probs}, tmp)
+    tmp.replace(cache)
+    if clean.bad_files:  # an unreadable face got its neighbour's answer, as the training loader would serve it
+        log.warning("%d unreadable image(s) while computing teacher targets", len(clean.bad_files))
+    return log_probs
+
+
+def agreement(log_probs: torch.Tensor, labels: np.ndarray) -> float:
+    """Share of faces whose teacher answer is their label (a sanity figure for the log)."""
+    return float((log_probs.argmax(1).numpy() == labels).mean())
