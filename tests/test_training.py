@@ -404,9 +404,11 @@ def test_training_with_augmentation_on_device_learns_and_resumes(tiny_root, tmp_
 
 
 @pytest.mark.parametrize(
-    ("views", "offline"), [("single", False), ("flip", False), ("shift-flip", True)], ids=["online", "flip", "offline"]
+    ("views", "offline", "mixup"),
+    [("single", False, 0.0), ("flip", False, 0.0), ("shift-flip", True, 0.0), ("single", True, 0.4)],
+    ids=["online", "flip", "offline", "offline-mixup"],
 )
-def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_path, views, offline):
+def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_path, views, offline, mixup):
     """kd_weight=1: the student learns only from the teacher. A teacher whose answers are the labels shifted by
     one class yields a student that agrees with the teacher and not with the labels, whether the teacher answers
     every batch (over one view or two) or once per face before training (``teacher_offline``)."""
@@ -419,6 +421,7 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         ck["state_dict"][name] = w
     torch.save(ck, tmp_path / "shifted.pt")
     kw = dict(epochs=4, augment="none", teacher=str(tmp_path / "shifted.pt"), kd_weight=1.0, kd_temperature=1.0)
+    kw.update(mixup=mixup)  # mixed images get mixed held answers
     student = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=offline, **kw))
     student.fit()
     teacher, _ = build_from_checkpoint(ck)

@@ -154,6 +154,8 @@ class Trainer:
         if self.teacher is not None and cfg.teacher_offline:
             # the teacher answers once per (un-augmented) training face; batches carry its answers
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.distributed and not self.is_main:  # rank 0 computes and keeps them; the others then read them
+                dist.barrier()
             targets = precompute_targets(
                 self.teacher,
                 cfg.teacher,
@@ -164,6 +166,8 @@ class Trainer:
                 self.device,
                 progress=cfg.progress and self.is_main,
             )
+            if self.distributed and self.is_main:
+                dist.barrier()
             if self.is_main:
                 agree = agreement(targets, self.train_full.targets)
                 log.info("teacher agrees with %.1f%% of the training labels", 100 * agree)
