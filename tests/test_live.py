@@ -211,6 +211,21 @@ def test_bundled_model_on_clear_ferplus_faces(classifier, ferplus_root):
     assert len(clear) >= 200 and acc >= 0.9
 
 
+def test_classifier_tta_averages_the_views_of_each_face(classifier, tmp_path):
+    """``tta="flip"`` is the mean of the probabilities of the crops and their mirror images, exactly; ten views
+    differ from one; ONNX refuses views it cannot run."""
+    faces = np.random.default_rng(1).integers(0, 255, (5, 48, 48), dtype=np.uint8)
+    flip = EmotionClassifier(tta="flip")
+    want = (classifier.predict(faces) + classifier.predict(np.ascontiguousarray(faces[:, :, ::-1]))) / 2
+    assert np.abs(flip.predict(faces) - want).max() < 1e-5
+    ten = EmotionClassifier(tta="shift-flip").predict(faces)
+    assert np.allclose(ten.sum(1), 1, atol=1e-5) and np.abs(ten - want).max() > 1e-3
+    with pytest.raises(ValueError, match="PyTorch backend"):
+        EmotionClassifier(backend="onnx", onnx_path=tmp_path / "m.onnx", tta="flip")
+    with pytest.raises(ValueError, match="choose none"):
+        EmotionClassifier(tta="twice")
+
+
 def test_sample_face_is_happy(classifier):
     pipe = Pipeline(classifier, HaarDetector(), Smoother("none"))
     res = pipe.process(sample_face())

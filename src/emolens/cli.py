@@ -406,6 +406,13 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         help="extra context per side around the FER-like face crop the model was trained on (0: that crop)",
     )
     p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
+    p.add_argument(
+        "--tta",
+        default=d.tta,
+        choices=["none", "flip", "shift-flip"],
+        help="average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
+        "or mirror x four 1.4 px shifts (shift-flip, 10x); for photos more than live video",
+    )
     p.add_argument("--smooth", default=d.smooth, choices=["ema", "window", "none"], help="temporal smoothing per face")
     p.add_argument("--alpha", type=float, default=d.alpha, help="EMA weight of the newest frame")
     p.add_argument("--window", type=int, default=d.window, help="frames averaged by --smooth window")
@@ -446,7 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--root", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
-    e.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    e.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        choices=["flip", "shift-flip"],
+        help="test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
+        "mirror x four 1.4 px shifts)",
+    )
     e.add_argument("--protocol", default="paper", help="AffectNet split protocol: paper | official")
     e.add_argument("--workers", type=int, default=0)
     e.add_argument("--device", default="cpu")

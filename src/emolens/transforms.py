@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 
@@ -146,3 +147,29 @@ class BatchAugment(torch.nn.Module):
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601 grey of an RGB batch (as torchvision's contrast adjustment uses)."""
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+#: Test-time views of a face: (shift right, shift down) as fractions of the side, and whether to mirror it.
+View = tuple[float, float, bool]
+_SHIFT = 0.03  # 1.4 px of a 48 px face
+VIEWS: dict[str, list[View]] = {
+    "single": [(0.0, 0.0, False)],
+    "flip": [(0.0, 0.0, False), (0.0, 0.0, True)],
+    "shift-flip": [
+        (dx, dy, flip)
+        for dx, dy in ((0.0, 0.0), (_SHIFT, 0.0), (-_SHIFT, 0.0), (0.0, _SHIFT), (0.0, -_SHIFT))
+        for flip in (False, True)
+    ],
+}
+
+
+def view_batch(x: torch.Tensor, dx: float, dy: float, flip: bool) -> torch.Tensor:
+    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), then mirrored."""
+    if dx or dy:
+        theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        # affine_grid maps output -> input in [-1, 1] coordinates (side = 2): content moves by +dx*side
+        theta[:, 0, 2], theta[:, 1, 2] = -2 * dx, -2 * dy
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.flip(x, dims=[3]) if flip else x

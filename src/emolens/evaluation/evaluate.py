@@ -21,7 +21,7 @@ def evaluate(
     root: str | Path,
     split: str = "test",
     out: str | Path | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
     batch_size: int = 256,
     workers: int = 0,
     protocol: str = "paper",

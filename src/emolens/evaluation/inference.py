@@ -1,4 +1,4 @@
-"""Batched prediction over a dataset, with optional horizontal-flip test-time augmentation."""
+"""Batched prediction over a dataset, with optional test-time augmentation (mirror image, small shifts)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,41 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..transforms import VIEWS, View, view_batch
+
+
+@torch.no_grad()
+def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[View] = "shift-flip") -> torch.Tensor:
+    """Log of the model's class probabilities averaged over ``views`` of ``x`` (a name in
+    :data:`emolens.transforms.VIEWS`): test-time augmentation, and the multi-view distillation teacher."""
+    vs = VIEWS[views] if isinstance(views, str) else views
+    p = sum(model(view_batch(x, *v)).float().softmax(1) for v in vs) / len(vs)
+    return torch.log(p.clamp_min(1e-12))
+
 
 @torch.no_grad()
 def predict_loader(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
-    tta: bool = False,
+    tta: bool | str = False,
     progress: bool = False,
     desc: str = "eval",
     channels_last: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Return ``(probabilities NxC, labels N, mean cross-entropy loss)`` over ``loader``."""
+    """Return ``(probabilities NxC, labels N, mean cross-entropy loss)`` over ``loader``.
+
+    ``tta``: a view set of :data:`emolens.transforms.VIEWS` (``True`` is "flip": the mirror image too)."""
+    views = "flip" if tta is True else (tta or "single")
+    if views not in VIEWS:
+        raise ValueError(f"tta={tta!r}: choose one of {sorted(VIEWS)}")
     model.eval()
     probs, labels, loss_sum, n = [], [], 0.0, 0
     for x, y, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
-        if tta:
-            logits = (logits.softmax(1) + model(torch.flip(x, dims=[3])).float().softmax(1)).div(2).log()
+        logits = model(x).float() if views == "single" else multi_view_log_probs(model, x, views)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         n += len(y)
         probs.append(logits.softmax(1).cpu().numpy())

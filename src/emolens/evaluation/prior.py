@@ -83,7 +83,7 @@ def split_log_probs(
     "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales).
 
     ``views`` other than "single" average the model over views of each face
-    (:data:`emolens.training.teacher.VIEWS`): how a multi-view distillation teacher answers."""
+    (:data:`emolens.transforms.VIEWS`): how a multi-view distillation teacher answers."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, train_counts
@@ -97,13 +97,7 @@ def split_log_probs(
     if list(ds.classes) != list(ckpt["classes"]):
         raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
     loader = DataLoader(ds, batch_size=256)
-    if views == "single":
-        probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), progress=progress)
-    else:
-        from ..training.teacher import multi_view_log_probs
-
-        pairs = [(multi_view_log_probs(model, x, views).exp().numpy(), y.numpy()) for x, y, _ in loader]
-        probs, labels = np.concatenate([p for p, _ in pairs]), np.concatenate([y for _, y in pairs])
+    probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=views, progress=progress)
     counts = train_counts(ckpt)
     return {
         "ckpt": ckpt,

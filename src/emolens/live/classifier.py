@@ -66,9 +66,19 @@ class EmotionClassifier:
         onnx_path: str | Path | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        tta: str = "none",
     ) -> None:
         """``threads``: PyTorch/ONNX Runtime intra-op threads (``None`` leaves the library default; the CLI
-        and :func:`emolens.load_model` pass :func:`default_threads`). ``device``: ``cpu``, ``cuda``, ``auto``."""
+        and :func:`emolens.load_model` pass :func:`default_threads`). ``device``: ``cpu``, ``cuda``, ``auto``.
+        ``tta``: ``none``, or a view set of :data:`emolens.transforms.VIEWS` whose answers are averaged
+        (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost)."""
+        from ..transforms import VIEWS
+
+        self.views = "single" if tta == "none" else tta
+        if self.views not in VIEWS:
+            raise ValueError(f"tta={tta!r}: choose none, flip or shift-flip")
+        if self.views != "single" and backend != "torch":
+            raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
         path = Path(checkpoint) if checkpoint else default_checkpoint()
         ckpt = load_checkpoint(path)
         self.checkpoint = path
@@ -114,4 +124,8 @@ class EmotionClassifier:
             e = np.exp(logits - logits.max(1, keepdims=True))
             return (e / e.sum(1, keepdims=True)).astype(np.float32)
         x = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        if self.views != "single":
+            from ..evaluation.inference import multi_view_log_probs
+
+            return multi_view_log_probs(self.model, x, self.views).exp().cpu().numpy()
         return self.model(x).softmax(1).cpu().numpy()

@@ -28,6 +28,7 @@ class PipelineSettings:
     smooth: str = "ema"  # ema | window | none (streams; still images are never smoothed)
     alpha: float = 0.35  # EMA weight of the newest frame
     window: int = 8  # frames averaged by smooth="window"
+    tta: str = "none"  # none | flip | shift-flip: average the classifier over views of each face (2x / 10x its cost)
     threads: int = 0  # PyTorch threads; 0: the CPU cores (serve: shared out among its workers)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
@@ -45,6 +46,7 @@ class PipelineSettings:
             onnx_path=self.onnx,
             device=self.device,
             threads=self.threads or default_threads(),
+            tta=self.tta,
         )
 
     def make_detector(self) -> FaceDetector:

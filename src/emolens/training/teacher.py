@@ -2,9 +2,10 @@
 
 Averaging a model over small shifts and mirror images of a face is a better teacher than the model on
 one view (on FER+ Valid + CK+/SFEW val, ten views lift the shipped model's accuracy at equal balanced
-accuracy by about a point; see the model card). :func:`multi_view_log_probs` is that teacher;
-:func:`precompute_targets` runs it once over the un-augmented training faces (``--teacher-offline``),
-so a CPU run pays for the views once instead of on every batch.
+accuracy by about a point; ``benchmarks/results/teacher_views_v3.json``).
+:func:`emolens.evaluation.inference.multi_view_log_probs` is that teacher; :func:`precompute_targets` runs
+it once over the un-augmented training faces (``--teacher-offline``), so a CPU run pays for the views once
+instead of on every batch.
 """
 
 from __future__ import annotations
@@ -16,27 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import FaceDataset
+from ..evaluation.inference import multi_view_log_probs
 
 log = logging.getLogger(__name__)
-
-#: A view: (shift right, shift down) as fractions of the side, and whether to mirror it.
-View = tuple[float, float, bool]
-_SHIFT = 0.03  # 1.4 px of a 48 px face
-VIEWS: dict[str, list[View]] = {
-    "single": [(0.0, 0.0, False)],
-    "flip": [(0.0, 0.0, False), (0.0, 0.0, True)],
-    "shift-flip": [
-        (dx, dy, flip)
-        for dx, dy in ((0.0, 0.0), (_SHIFT, 0.0), (-_SHIFT, 0.0), (0.0, _SHIFT), (0.0, -_SHIFT))
-        for flip in (False, True)
-    ],
-}
 
 
 def _sha256(path: str | Path) -> str:
@@ -45,26 +33,6 @@ def _sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def view_batch(x: torch.Tensor, dx: float, dy: float, flip: bool) -> torch.Tensor:
-    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), then mirrored."""
-    if dx or dy:
-        theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        # affine_grid maps output -> input in [-1, 1] coordinates (side = 2): content moves by +dx*side
-        theta[:, 0, 2], theta[:, 1, 2] = -2 * dx, -2 * dy
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return torch.flip(x, dims=[3]) if flip else x
-
-
-@torch.no_grad()
-def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[View] = "shift-flip") -> torch.Tensor:
-    """Log of the model's class probabilities averaged over ``views`` of ``x`` (a name in :data:`VIEWS`)."""
-    vs = VIEWS[views] if isinstance(views, str) else views
-    p = sum(model(view_batch(x, *v)).float().softmax(1) for v in vs) / len(vs)
-    return torch.log(p.clamp_min(1e-12))
 
 
 def precompute_targets(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .. import models
 from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, model_payload, save_atomic
 from ..data import FaceDataset, open_dataset
-from ..evaluation.inference import predict_loader
+from ..evaluation.inference import multi_view_log_probs, predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from .config import TrainConfig
@@ -33,7 +33,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .sampler import EpochSampler
-from .teacher import agreement, multi_view_log_probs, precompute_targets
+from .teacher import agreement, precompute_targets
 
 log = logging.getLogger(__name__)
 
