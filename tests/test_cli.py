@@ -56,6 +56,12 @@ def test_predict_folder_json_csv(tmp_path):
     assert [len(r["faces"]) for r in res["images"]] == [1, 1]
     assert res["images"][0]["faces"][0]["label"] == "happiness"
     assert len(list(csv.DictReader(open(tmp_path / "r.csv")))) == 2
+    # --tta reaches the classifier: same faces, other probabilities
+    assert main([*args, "--tta", "shift-flip", "--json", str(tmp_path / "t.json")]) == 0
+    tta = json.loads((tmp_path / "t.json").read_text())
+    one, ten = res["images"][0]["faces"][0], tta["images"][0]["faces"][0]
+    assert one["box"] == ten["box"] and ten["label"] == "happiness"
+    assert one["probs"] != ten["probs"]
 
 
 def test_train_and_evaluate_cli(tmp_path, capsys):
