@@ -114,18 +114,26 @@ def test_config_rejects_bad_values():
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from emolens.training import TrainConfig, Trainer
-    from emolens.checkpoint import build_from_checkpoint
-from emolens.training.checkpoint import unwrap
+    from emolens.training.checkpoint import unwrap
     root, out = sys.argv[1], sys.argv[2]
+    kd = dict(teacher=sys.argv[3], teacher_views="flip", teacher_offline=True) if len(sys.argv) > 3 else {}
     t = Trainer(TrainConfig(dataset="folder", root=root, model="fernet_tiny", out=out, image_size=32, epochs=2,
-                            batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light"))
+                            batch_size=16, lr=3e-3, workers=0, progress=False, cache=False, augment="light", **kd))
     hist = t.fit()
     torch.save({"state": unwrap(t.model).state_dict(), "hist": hist}, f"{out}/rank{dist.get_rank()}.pt")
     dist.destroy_process_group()
 """)
 
 
-def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
+@pytest.mark.parametrize("offline_teacher", [False, True], ids=["plain", "offline-teacher"])
+def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path, offline_teacher):
+    """Two processes end with the same weights, also with --teacher-offline (rank 0 computes the held answers,
+    behind a barrier, and rank 1 reads them)."""
+    teacher = []
+    if offline_teacher:
+        teacher = [str(train(_cfg(tiny_root, tmp_path / "teacher", epochs=1)) / "best.pt")]
+        tmp_path = tmp_path / "run"
+        tmp_path.mkdir()
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
@@ -141,6 +149,7 @@ def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
         str(script),
         str(tiny_root),
         str(tmp_path),
+        *teacher,
     ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -149,6 +158,7 @@ def test_ddp_two_cpu_processes_agree(tiny_root, tmp_path):
         assert torch.equal(a["state"][k], b["state"][k]), k
     assert a["hist"][-1]["train_loss"] < a["hist"][0]["train_loss"]
     assert (tmp_path / "best.pt").is_file() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "teacher_targets.pt").is_file() == offline_teacher
     assert unwrap  # imported for the script's API
 
 
