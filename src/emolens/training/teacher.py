@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import FaceDataset
+from ..data.cache import cache_key
 from ..evaluation.inference import multi_view_log_probs
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,10 @@ def precompute_targets(
 ) -> torch.Tensor:
     """The teacher's multi-view log-probabilities for every face of ``ds`` seen without augmentation (N x C).
 
-    Kept in ``cache`` and reused (a resumed run) while the teacher file, the views and the faces are the same.
+    Kept in ``cache`` and reused (a resumed run) while the teacher file, the views and the faces (as the
+    decoded-face cache identifies them, :func:`emolens.data.cache.cache_key`) are the same.
     """
-    key = {
-        "teacher_sha256": _sha256(teacher_path),
-        "views": views,
-        "samples": [s.name for s in ds.samples],
-        "labels": [s.label for s in ds.samples],
-    }
+    key = {"teacher_sha256": _sha256(teacher_path), "views": views, "faces": cache_key(ds)}
     cache = Path(cache)
     if cache.is_file():
         held = torch.load(cache, map_location="cpu", weights_only=True)
