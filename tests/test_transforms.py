@@ -1,12 +1,15 @@
-"""BatchAugment: the training augmentation for whole batches on the device, checked against known geometry."""
+"""BatchAugment: the training augmentation for whole batches on the device, checked against known geometry
+and against the per-image pipeline (``train_transform``) a CPU run uses."""
 
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from emolens.transforms import BatchAugment, Preprocess, eval_transform
+from emolens.transforms import BatchAugment, Preprocess, eval_transform, train_transform
 
 PRE = Preprocess()
 
@@ -100,3 +103,22 @@ def test_random_erasing_share_and_area(strength, expected_p):
         assert share.min() >= 0.02 - 0.01 and share.max() <= 0.15 + 0.01
         rows, cols = m[erased].any(2), m[erased].any(1)
         assert torch.equal(m[erased].sum((1, 2)), rows.sum(1) * cols.sum(1))  # one rectangle each
+
+
+def test_per_image_and_batch_pipelines_resample_alike():
+    """A CPU run (``train_transform``, per image) and a GPU run (``BatchAugment``) must show the network the
+    same kind of faces: with nearest-neighbour resampling the per-image affine left jagged edges, 15-18 % more
+    pixel-to-pixel contrast than the batch pipeline's bilinear one, and a model's BatchNorm statistics
+    re-measured on it cost a point of accuracy. Measured on a real face, 1,024 draws each."""
+    face = cv2.imread(str(Path(__file__).parents[1] / "src/emolens/assets/astronaut_face.jpg"), cv2.IMREAD_GRAYSCALE)
+    x = torch.from_numpy(cv2.resize(face, (48, 48), interpolation=cv2.INTER_AREA))[None]
+    torch.manual_seed(5)
+    per_image = torch.stack([train_transform(PRE)(x) for _ in range(1024)])
+    batch = BatchAugment(PRE)(x[None].expand(1024, -1, -1, -1).contiguous())
+
+    def edges(out: torch.Tensor) -> tuple[float, float]:
+        d = _denorm(out)
+        return float((d[..., 1:] - d[..., :-1]).abs().mean()), float((d[..., 1:, :] - d[..., :-1, :]).abs().mean())
+
+    for a, b in zip(edges(per_image), edges(batch), strict=True):
+        assert abs(a / b - 1) < 0.05
