@@ -53,8 +53,8 @@ def train_transform(pre: Preprocess, strength: str = "default") -> v2.Compose:
     ops = [
         v2.RandomHorizontalFlip(),
         # bilinear, as BatchAugment: torchvision's default (nearest) leaves jagged edges that shift every
-        # BatchNorm statistic away from the on-device pipeline's (a model trained on one loses ~1 point of
-        # accuracy/balanced accuracy when its BatchNorm is re-measured on the other)
+        # BatchNorm statistic away from the on-device pipeline's (v3's BatchNorm re-measured on such faces
+        # scores 1.3 points lower on validation: benchmarks/augment_bn.py)
         v2.RandomAffine(
             degrees=8 if light else 12,
             translate=(0.08, 0.08),
