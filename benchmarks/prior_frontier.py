@@ -9,10 +9,16 @@ picks) and its best accuracy at balanced accuracy >= each ``--at`` level.
 Model selection belongs on validation (the default: FER+ Valid + the CK+ and SFEW validation
 subjects/films); ``--split test`` is for reporting a model already chosen.
 
-    python benchmarks/prior_frontier.py NAME=CKPT[@VIEWS] [NAME=CKPT ...] [--split val] [--out NAME]
+    python benchmarks/prior_frontier.py NAME=CKPT[@VIEWS] [NAME=CKPT ...] [--split val] [--bootstrap N] [--out NAME]
 
 ``@flip`` / ``@shift-flip`` score a checkpoint averaged over views of each face: a multi-view distillation
 teacher (``emolens train --teacher-views``), not a single-pass model.
+
+``--bootstrap N`` adds a paired bootstrap against the first model (:func:`emolens.evaluation.prior.best_acc_bal`)
+on the criterion above (best mean of accuracy and balanced accuracy, each resample choosing its own ``tau``):
+``own_sd`` is a model's standard deviation over N resamples of the faces, ``vs_first`` its difference from the
+first model on the full split, ``boot_sd`` that difference's standard deviation over the same resamples, and
+``p_ahead`` the share of resamples in which it beats the first model.
 """
 
 from __future__ import annotations
@@ -28,13 +34,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save, shared  # noqa: E402
 
 
-def frontier(ckpt_path: str, split: str, extra: list[str], taus, views: str = "single") -> list[dict]:
+def raw_run(ckpt_path: str, split: str, extra: list[str], views: str = "single") -> dict:
+    """:func:`emolens.evaluation.prior.split_log_probs` with the checkpoint's own prior shift taken out."""
     from emolens.checkpoint import folded_tau
-    from emolens.evaluation.prior import prior_shift_table, split_log_probs
+    from emolens.evaluation.prior import split_log_probs
 
     run = split_log_probs(ckpt_path, "ferplus", shared("data/ferplus"), split, extra, progress=False, views=views)
-    raw = run["log_probs"] - folded_tau(run["ckpt"]) * run["log_prior"][None]
-    return prior_shift_table(raw, run["labels"], run["log_prior"], run["classes"], taus)
+    run["raw"] = run["log_probs"] - folded_tau(run["ckpt"]) * run["log_prior"][None]
+    return run
+
+
+def frontier(ckpt_path: str, split: str, extra: list[str], taus, views: str = "single") -> list[dict]:
+    from emolens.evaluation.prior import prior_shift_table
+
+    run = raw_run(ckpt_path, split, extra, views)
+    return prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], taus)
 
 
 def summary(name: str, table: list[dict], levels: list[float]) -> dict:
@@ -60,21 +74,32 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=["val", "test"])
     ap.add_argument("--ferplus-only", action="store_true", help="FER+ alone (default: + CK+ and SFEW)")
     ap.add_argument("--at", type=float, nargs="+", default=[0.77, 0.75, 0.72], help="balanced-accuracy levels")
+    ap.add_argument("--bootstrap", type=int, default=0, metavar="N", help="paired bootstrap against the first model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="prior_frontier", help="results/<OUT>.json")
     a = ap.parse_args()
     import torch
 
+    from emolens.evaluation.prior import best_acc_bal, prior_shift_table
+
     torch.set_num_threads(a.threads)
     extra = [] if a.ferplus_only else [f"ckplus={shared('data/ckplus')}", f"sfew={shared('data/sfew')}"]
     taus = [round(t, 2) + 0.0 for t in np.arange(0.0, 1.21, 0.05)]
-    tables, rows = {}, []
+    tables, rows, boots = {}, [], []
     for spec in a.models:
         name, _, path = spec.partition("=")
         path, _, views = path.partition("@")
-        tables[name] = frontier(path, a.split, extra, taus, views or "single")
+        run = raw_run(path, a.split, extra, views or "single")
+        tables[name] = prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], taus)
         rows.append(summary(name, tables[name], a.at))
+        if a.bootstrap:
+            boots.append(best_acc_bal(run["raw"], run["labels"], run["log_prior"], taus, a.bootstrap, seed=0))
+            d = boots[-1] - boots[0]  # paired: the same resampled faces for every model
+            own_sd = round(boots[-1][1:].std(), 4)
+            rows[-1] |= {"own_sd": own_sd, "vs_first": round(d[0], 4), "boot_sd": round(d[1:].std(), 4)}
+            rows[-1]["p_ahead"] = round((d[1:] > 0).mean(), 3)
     cols = ["model", "acc_bal", "at_tau", "acc", "bal", *(f"acc@bal>={lv}" for lv in a.at)]
+    cols += ["own_sd", "vs_first", "boot_sd", "p_ahead"] if a.bootstrap else []
     print(f"\nFER+ {a.split}{' + CK+/SFEW' if extra else ''}, tau swept 0..1.2 (threads {a.threads})")
     print_table(rows, cols)
     save(

@@ -110,3 +110,27 @@ def test_distillation_loss_is_the_tempered_kl():
     kl2 = float((p * (p / 0.5).log()).sum())
     assert distillation_loss(s, t, 2.0).item() == pytest.approx(4 * kl2, abs=1e-6)  # T^2 scaling
     assert distillation_loss(t, t.log_softmax(1), 3.0).item() == pytest.approx(0.0, abs=1e-6)  # logits or log-probs
+
+
+def test_best_acc_bal_is_rebalance_choice_and_its_bootstrap_is_paired():
+    from emolens.evaluation.prior import best_acc_bal, objective, prior_shift_table
+
+    rng = np.random.default_rng(0)
+    n, classes = 600, ["a", "b", "c"]
+    labels = rng.choice(3, n, p=[0.7, 0.2, 0.1])
+    log_prior = np.log([0.7, 0.2, 0.1])
+    noisy = np.log(np.eye(3)[labels] * 2 + rng.random((n, 3)) * 2.5)  # right often, not always
+    taus = (0.0, 0.3, 0.6, 1.0)
+    table = prior_shift_table(noisy, labels, log_prior, classes, taus)
+    full = best_acc_bal(noisy, labels, log_prior, taus, n_boot=200, seed=1)
+    # the full set gives what rebalance --metric acc_bal would choose (the table rounds to 4 decimals)
+    assert full.shape == (201,)
+    assert abs(full[0] - max(objective(r, "acc_bal") for r in table)) < 1e-4
+    boot = full[1:]
+    assert 0.002 < boot.std() < 0.05 and abs(boot.mean() - full[0]) < 0.02  # resamples vary around it
+    # same seed, same resamples: a model against itself differs by exactly 0 in every resample
+    assert np.array_equal(best_acc_bal(noisy, labels, log_prior, taus, n_boot=200, seed=1), full)
+    # a perfect model scores 1 on every resample; the noisy one never does
+    perfect = np.log(np.eye(3)[labels] + 1e-3)
+    assert np.allclose(best_acc_bal(perfect, labels, log_prior, taus, n_boot=50, seed=1), 1.0)
+    assert (boot < 1).all()

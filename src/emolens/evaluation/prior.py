@@ -60,6 +60,38 @@ def prior_shift_table(
     return rows
 
 
+def best_acc_bal(
+    log_probs: np.ndarray,
+    labels: np.ndarray,
+    log_prior: np.ndarray,
+    taus=DEFAULT_TAUS,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """The best mean of accuracy and balanced accuracy over ``taus`` (the "acc_bal" choice of
+    :func:`rebalance`), on the faces as given and then on ``n_boot`` bootstrap resamples of them.
+
+    Returns ``1 + n_boot`` values: element 0 is the full set, then one per resample, each with its own best
+    ``tau``. The same ``seed`` draws the same resamples for every model, so two models' values differ
+    pairwise (a paired bootstrap: how far apart two models are beyond the luck of which faces were drawn).
+    Balanced accuracy averages the recall of the classes present in each resample."""
+    labels = np.asarray(labels)
+    n, n_cls = log_probs.shape
+    correct = np.stack([(log_probs + t * log_prior[None]).argmax(1) == labels for t in taus]).astype(np.float64)
+    onehot = np.eye(n_cls)[labels]
+    rng = np.random.default_rng(seed)
+    weights = [np.ones(n)] + [np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64) for _ in range(n_boot)]
+    out = []
+    for w in weights:
+        per_class = correct @ (w[:, None] * onehot)  # taus x classes: correct answers per class
+        support = w @ onehot
+        present = support > 0
+        bal = (per_class[:, present] / support[present]).mean(1)
+        acc = per_class.sum(1) / w.sum()
+        out.append(float(((acc + bal) / 2).max()))
+    return np.array(out)
+
+
 def output_bias(model: nn.Module) -> torch.Tensor:
     """The tensor added to the model's logits: its ``logit_bias`` (ensembles), else its last linear layer's bias."""
     if isinstance(getattr(model, "logit_bias", None), torch.Tensor):
