@@ -22,12 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save, shared  # noqa: E402
-from prior_frontier import frontier, summary  # noqa: E402
+from prior_frontier import TAUS, frontier, summary  # noqa: E402
 
 MODES = ("none", "batch", "per-image", "per-image-nearest", "clean")
 
@@ -72,7 +71,6 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     s = shared("data")
     extra = [f"ckplus={s / 'ckplus'}", f"sfew={s / 'sfew'}"]
-    taus = [round(t, 2) + 0.0 for t in np.arange(0.0, 1.21, 0.05)]
     ckpt = load_checkpoint(a.checkpoint)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +79,7 @@ def main() -> None:
             if mode != "none":
                 path = str(Path(tmp) / f"{mode}.pt")
                 torch.save(remeasured(ckpt, a.checkpoint, mode, a.samples), path)
-            rows.append(summary(f"BatchNorm: {mode}", frontier(path, "val", extra, taus), [0.77, 0.75]))
+            rows.append(summary(f"BatchNorm: {mode}", frontier(path, "val", extra, TAUS), [0.77, 0.75]))
             print(rows[-1], flush=True)
     cols = ["model", "acc_bal", "at_tau", "acc", "bal", "acc@bal>=0.77", "acc@bal>=0.75"]
     print(f"\n{a.checkpoint}: BatchNorm re-measured on {a.samples} training faces; FER+ val + CK+/SFEW val")

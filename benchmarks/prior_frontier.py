@@ -33,6 +33,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save, shared  # noqa: E402
 
+#: The prior shifts swept: from the balanced end (0) to a little past the training prior (1).
+TAUS = [round(t, 2) + 0.0 for t in np.arange(0.0, 1.21, 0.05)]
+
 
 def raw_run(ckpt_path: str, split: str, extra: list[str], views: str = "single") -> dict:
     """:func:`emolens.evaluation.prior.split_log_probs` with the checkpoint's own prior shift taken out."""
@@ -48,7 +51,7 @@ def frontier(ckpt_path: str, split: str, extra: list[str], taus, views: str = "s
     from emolens.evaluation.prior import prior_shift_table
 
     run = raw_run(ckpt_path, split, extra, views)
-    return prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], taus)
+    return prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], TAUS)
 
 
 def summary(name: str, table: list[dict], levels: list[float]) -> dict:
@@ -84,16 +87,15 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     extra = [] if a.ferplus_only else [f"ckplus={shared('data/ckplus')}", f"sfew={shared('data/sfew')}"]
-    taus = [round(t, 2) + 0.0 for t in np.arange(0.0, 1.21, 0.05)]
     tables, rows, boots = {}, [], []
     for spec in a.models:
         name, _, path = spec.partition("=")
         path, _, views = path.partition("@")
         run = raw_run(path, a.split, extra, views or "single")
-        tables[name] = prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], taus)
+        tables[name] = prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], TAUS)
         rows.append(summary(name, tables[name], a.at))
         if a.bootstrap:
-            boots.append(best_acc_bal(run["raw"], run["labels"], run["log_prior"], taus, a.bootstrap, seed=0))
+            boots.append(best_acc_bal(run["raw"], run["labels"], run["log_prior"], TAUS, a.bootstrap, seed=0))
             d = boots[-1] - boots[0]  # paired: the same resampled faces for every model
             own_sd = round(boots[-1][1:].std(), 4)
             rows[-1] |= {"own_sd": own_sd, "vs_first": round(d[0], 4), "boot_sd": round(d[1:].std(), 4)}
