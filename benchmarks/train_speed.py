@@ -1,7 +1,11 @@
 """Training and inference images/second for every registered model at its own input size, plus the data
 pipeline on real FER+ files with and without the decoded-face cache.
 
-    python benchmarks/train_speed.py [--models fernet,resnet18] [--steps 5] [--device cpu]
+    python benchmarks/train_speed.py [--models fernet,resnet18] [--steps 5] [--device cpu] [--precision both]
+
+``--precision auto`` (the default) measures what ``emolens train`` runs: bf16 autocast where it is native (a
+CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.training.trainer.native_bf16`), else float32.
+``both`` gives a float32 and a bf16 row per model. Set ``OMP_NUM_THREADS`` (or ``--threads``) and say which.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, print_table, save  # noqa: E402
 
 from emolens import models  # noqa: E402
+from emolens.training.trainer import native_bf16  # noqa: E402
 
 
-def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict:
+def model_speed(name: str, device: torch.device, steps: int, batch: int, amp: bool) -> dict:
     s = models.spec(name)
     m = models.create(name, num_classes=8).to(device).to(memory_format=torch.channels_last)
     x = torch.randn(batch, s.channels, s.image_size, s.image_size, device=device).contiguous(
@@ -29,14 +34,13 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict
     )
     y = torch.randint(0, 8, (batch,), device=device)
     opt = torch.optim.AdamW(m.parameters(), 1e-3)
-    amp = device.type == "cuda"
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def train_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.cross_entropy(m(x).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -51,7 +55,7 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict
     sync()
     train_ips = batch * steps / (time.perf_counter() - t)
     m.eval()
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         m(x)
         sync()
         t = time.perf_counter()
@@ -64,6 +68,7 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int) -> dict
         "model": name,
         "input": f"{s.image_size}px x{s.channels}",
         "params_M": params / 1e6,
+        "precision": "bf16" if amp else "fp32",
         "train_img_s": train_ips,
         "infer_img_s": infer_ips,
         "batch": batch,
@@ -113,15 +118,22 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--data-images", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "both"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--no-data", action="store_true", help="skip the data-pipeline rows")
+    ap.add_argument("--out", default=None, help="results name (default train_speed_<device>)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    rows = [model_speed(n, dev, a.steps, a.batch) for n in a.models.split(",")]
-    print_table(rows, ["model", "input", "params_M", "batch", "train_img_s", "infer_img_s"])
-    drows = data_speed(a.data_images, a.workers)
+    amps = {"auto": [native_bf16(dev)], "fp32": [False], "bf16": [True], "both": [False, True]}[a.precision]
+    rows = [model_speed(n, dev, a.steps, a.batch, amp) for n in a.models.split(",") for amp in amps]
+    print_table(rows, ["model", "input", "params_M", "precision", "batch", "train_img_s", "infer_img_s"])
+    drows = [] if a.no_data else data_speed(a.data_images, a.workers)
     if drows:
         print()
         print_table(drows, ["pipeline", "images", "workers", "img_s", "cache_build_s"])
-    save(f"train_speed_{dev.type}", {"device": str(dev), "models": rows, "data_pipeline": drows})
+    save(a.out or f"train_speed_{dev.type}", {"device": str(dev), "models": rows, "data_pipeline": drows})
 
 
 if __name__ == "__main__":

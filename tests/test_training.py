@@ -14,6 +14,7 @@ from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 from emolens.training.checkpoint import unwrap
+from emolens.training.trainer import native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -411,6 +412,27 @@ def test_training_with_augmentation_on_device_learns_and_resumes(tiny_root, tmp_
     resumed.fit()  # augmentation draws are a function of the epoch: the resumed run ends with the same weights
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_native_bf16_only_where_it_pays_off():
+    assert native_bf16(torch.device("cuda"))
+    assert not native_bf16(torch.device("meta"))
+    amx = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert native_bf16(torch.device("cpu")) == amx
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16 (AMX / AVX512-BF16)")
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_trains_in_bf16_on_a_cpu_with_native_bf16(tiny_root, tmp_path, amp):
+    """``amp`` (the default) runs the training forward pass in bf16 on such a CPU and still learns; ``--no-amp``
+    keeps float32. Validation and checkpoints stay float32 either way."""
+    trainer = Trainer(_cfg(tiny_root, tmp_path / "run", epochs=4, amp=amp))
+    seen: set[torch.dtype] = set()
+    trainer.model.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if m.training else None)
+    trainer.fit()
+    assert seen == {torch.bfloat16 if amp else torch.float32}
+    assert trainer.history[-1]["val_accuracy"] >= 0.9
+    assert {v.dtype for v in trainer.model.state_dict().values() if v.is_floating_point()} == {torch.float32}
 
 
 @pytest.mark.parametrize(

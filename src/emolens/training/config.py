@@ -45,7 +45,7 @@ class TrainConfig:
     augment: str = "default"  # none | light | default
     augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
     select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
-    amp: bool = True  # mixed precision (GPU only)
+    amp: bool = True  # bf16 autocast where it is native: CUDA, and CPUs with AMX / AVX512-BF16
     channels_last: bool = True
     seed: int = 0
     workers: int = 2

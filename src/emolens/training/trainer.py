@@ -50,6 +50,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays off on ``device``: any CUDA GPU; a CPU only with native bf16 units.
+
+    On a CPU with AMX or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later) oneDNN runs
+    bf16 convolutions several times faster than float32; elsewhere bf16 is emulated and slower.
+    """
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def _dist_info() -> tuple[int, int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
@@ -219,7 +233,7 @@ class Trainer:
             )
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
-        self.amp = cfg.amp and self.device.type == "cuda"
+        self.amp = cfg.amp and native_bf16(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
         self.start_epoch = 0
@@ -316,7 +330,7 @@ class Trainer:
                 if teacher_logits is not None:
                     teacher_logits = mixed[:, n_cls:].clamp_min(1e-12).log()
                 y = target.argmax(1)  # training accuracy: against the label that dominates the mix
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.ddp_model(x)
                 if self.teacher is not None:  # the teacher sees the same augmented (and mixed) batch
                     with torch.no_grad():
