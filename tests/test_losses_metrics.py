@@ -134,3 +134,25 @@ def test_best_acc_bal_is_rebalance_choice_and_its_bootstrap_is_paired():
     perfect = np.log(np.eye(3)[labels] + 1e-3)
     assert np.allclose(best_acc_bal(perfect, labels, log_prior, taus, n_boot=50, seed=1), 1.0)
     assert (boot < 1).all()
+
+
+def test_choose_row_maximises_the_metric_within_the_floors():
+    from emolens.evaluation.prior import choose_row
+
+    def row(tau, acc, bal, rec):
+        return {"tau": tau, "accuracy": acc, "balanced_accuracy": bal, "macro_f1": 0.0, "min_recall": rec}
+
+    table = [
+        row(0.0, 0.80, 0.80, 0.60),
+        row(0.5, 0.85, 0.77, 0.55),
+        row(0.7, 0.86, 0.75, 0.40),
+        row(1.0, 0.87, 0.70, 0.20),
+    ]
+    assert choose_row(table, "accuracy")["tau"] == 1.0
+    assert choose_row(table, "accuracy", min_bal=0.75)["tau"] == 0.7
+    assert choose_row(table, "accuracy", min_bal=0.75, min_recall=0.45)["tau"] == 0.5
+    assert choose_row(table, "balanced_accuracy", min_recall=0.45)["tau"] == 0.0
+    with pytest.raises(ValueError, match=r"balanced accuracy >= 0.9 .* best on this split are 0.8000 and 0.6000"):
+        choose_row(table, "accuracy", min_bal=0.9)
+    tie = [row(-0.2, 0.8, 0.8, 0.5), row(0.1, 0.8, 0.8, 0.5)]
+    assert choose_row(tie, "accuracy")["tau"] == 0.1  # the smaller shift

@@ -137,7 +137,16 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
     from .evaluation.prior import rebalance
 
     r = rebalance(
-        a.checkpoint, a.dataset, a.root, a.out, split=a.split, extra=a.extra_data or (), metric=a.metric, tau=a.tau
+        a.checkpoint,
+        a.dataset,
+        a.root,
+        a.out,
+        split=a.split,
+        extra=a.extra_data or (),
+        metric=a.metric,
+        tau=a.tau,
+        min_bal=a.min_balanced_accuracy,
+        min_recall=a.min_recall,
     )
     print(f"{'tau':>6s} {'accuracy':>9s} {'balanced':>9s} {'macro_f1':>9s} {'min_recall':>10s}")
     for row in r["table"]:
@@ -147,6 +156,8 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
             f"{row['min_recall']:10.4f}{mark}"
         )
     how = "as given" if r["metric"] == "fixed" else f"chosen by {r['metric']}"
+    if r["metric"] != "fixed" and (a.min_balanced_accuracy or a.min_recall):
+        how += f" with balanced accuracy >= {a.min_balanced_accuracy} and every recall >= {a.min_recall}"
     print(f"wrote {r['out']} (tau={r['tau']:+.2f}, {how}; table on {r['selected_on']})")
     return 0
 
@@ -481,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
         help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
     )
+    rb.add_argument(
+        "--min-balanced-accuracy",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="only shifts whose balanced accuracy on the split is >= B",
+    )
+    rb.add_argument("--min-recall", type=float, default=0.0, metavar="R", help="only shifts with every recall >= R")
     rb.add_argument(
         "--tau", type=float, help="fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
     )

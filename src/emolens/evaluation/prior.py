@@ -143,6 +143,22 @@ def split_log_probs(
     }
 
 
+def choose_row(table: Sequence[dict], metric: str, min_bal: float = 0.0, min_recall: float = 0.0) -> dict:
+    """The row of a :func:`prior_shift_table` that maximises ``metric`` among those with balanced accuracy
+    ``>= min_bal`` and every class's recall ``>= min_recall`` (ties: the smallest ``|tau|``).
+
+    The floors turn a target such as "accuracy, but balanced accuracy at least 0.75 and no class below 0.45"
+    into one operating point. A ValueError names the best each floor allows when no row meets both."""
+    ok = [r for r in table if r["balanced_accuracy"] >= min_bal and r["min_recall"] >= min_recall]
+    if not ok:
+        raise ValueError(
+            f"no prior shift reaches balanced accuracy >= {min_bal} with every recall >= {min_recall}: "
+            f"the best on this split are {max(r['balanced_accuracy'] for r in table):.4f} and "
+            f"{max(r['min_recall'] for r in table):.4f}"
+        )
+    return max(ok, key=lambda r: (objective(r, metric), -abs(r["tau"])))
+
+
 def rebalance(
     checkpoint: str | Path,
     dataset: str,
@@ -154,9 +170,12 @@ def rebalance(
     taus=DEFAULT_TAUS,
     progress: bool = True,
     tau: float | None = None,
+    min_bal: float = 0.0,
+    min_recall: float = 0.0,
 ) -> dict:
-    """Choose ``tau`` on ``dataset``/``split`` by ``metric``, fold ``tau * log(prior)`` into the output bias,
-    write the corrected checkpoint to ``out``; returns ``{"tau", "metric", "table", "out", "selected_on"}``.
+    """Choose ``tau`` on ``dataset``/``split`` by ``metric`` within the floors of :func:`choose_row`, fold
+    ``tau * log(prior)`` into the output bias, write the corrected checkpoint to ``out``; returns
+    ``{"tau", "metric", "table", "out", "selected_on"}``.
 
     A given ``tau`` is folded as it is (``metric`` "fixed"; the table still reports the split): e.g. minus
     :func:`emolens.checkpoint.folded_tau` takes a checkpoint's prior shift out again."""
@@ -170,7 +189,7 @@ def rebalance(
     if tau is not None:
         best = next(r for r in table if r["tau"] == round(float(tau), 4))
     else:
-        best = max(table, key=lambda r: (objective(r, metric), -abs(r["tau"])))
+        best = choose_row(table, metric, min_bal, min_recall)
     with torch.no_grad():
         output_bias(model).add_(torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32))
     ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -178,6 +197,7 @@ def rebalance(
     ckpt["prior_shift"] = {
         "tau": best["tau"],
         "metric": metric,
+        "floors": {"balanced_accuracy": min_bal, "min_recall": min_recall},
         "selected_on": run["name"],
         "table": table,
         "previous": ckpt.get("prior_shift"),
