@@ -11,6 +11,7 @@ CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.training.trainer.native_b
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -133,7 +134,8 @@ def main() -> None:
     if drows:
         print()
         print_table(drows, ["pipeline", "images", "workers", "img_s", "cache_build_s"])
-    save(a.out or f"train_speed_{dev.type}", {"device": str(dev), "models": rows, "data_pipeline": drows})
+    payload = {"command": shlex.join(["benchmarks/train_speed.py", *sys.argv[1:]]), "device": str(dev)}
+    save(a.out or f"train_speed_{dev.type}", {**payload, "models": rows, "data_pipeline": drows})
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ def resolve_device(name: str) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays off on ``device``: any CUDA GPU; a CPU only with native bf16 units.
 
-    On a CPU with AMX or AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later) oneDNN runs
-    bf16 convolutions several times faster than float32; elsewhere bf16 is emulated and slower.
+    On a CPU with AMX or AVX512-BF16, oneDNN runs bf16 convolutions natively (measured on 2 AMX cores:
+    ``fernet_wide`` trains 2.7x faster than in float32); elsewhere bf16 is emulated and slower.
     """
     if device.type == "cuda":
         return True
