@@ -236,12 +236,14 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     # floors: what the split cannot reach is an error that says what it can; a reachable floor is recorded
     rc = subprocess.run(
         [sys.executable, "-m", "emolens.cli", "rebalance", str(run / "best.pt"), "--dataset", "folder"]
-        + ["--root", str(tiny_root), "--metric", "accuracy", "--min-balanced-accuracy", "1.01"]
+        + ["--root", str(tiny_root), "--metric", "accuracy", "--min-balanced-accuracy", "1.01", "--min-recall", "0.2"]
         + ["--out", str(tmp_path / "never.pt")],
         capture_output=True,
         text=True,
     )
-    assert rc.returncode != 0 and "no prior shift reaches balanced accuracy >= 1.01" in rc.stderr
+    assert (
+        rc.returncode != 0 and "no prior shift reaches balanced accuracy >= 1.01 with every recall >= 0.2" in rc.stderr
+    )
     assert not (tmp_path / "never.pt").exists()
     r3 = rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "fl.pt", metric="accuracy", min_recall=0.5)
     assert next(row for row in r3["table"] if row["tau"] == r3["tau"])["min_recall"] >= 0.5
