@@ -42,6 +42,7 @@ def _cfg(root, out, **kw):
         progress=False,
         cache=False,
         augment="light",
+        amp=False,  # float32 on every CPU: the thresholds below must not depend on the machine's bf16 units
     )
     base.update(kw)
     return TrainConfig(**base)
