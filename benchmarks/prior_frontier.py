@@ -51,7 +51,7 @@ def frontier(ckpt_path: str, split: str, extra: list[str], taus, views: str = "s
     from emolens.evaluation.prior import prior_shift_table
 
     run = raw_run(ckpt_path, split, extra, views)
-    return prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], TAUS)
+    return prior_shift_table(run["raw"], run["labels"], run["log_prior"], run["classes"], taus)
 
 
 def summary(name: str, table: list[dict], levels: list[float]) -> dict:
