@@ -109,21 +109,23 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
                 break
             time.sleep(0.3)
         driver.save_screenshot(str(tmp_path / "page.png"))
-        painted = driver.execute_script(
-            "const c=document.getElementById('overlay');const d=c.getContext('2d').getImageData(0,0,c.width,c.height)"
-            ".data;let n=0;for(let i=3;i<d.length;i+=4){if(d[i]>0)n++;}return n;"
-        )
         assert state["repliesReceived"] >= 3, state
         assert state["boxesDrawn"] >= 3 and "happiness" in state["lastLabels"], state
-        # the label list shows the newest reply; a frame where Haar misses the face shows "no face" for a moment
-        shown = ""
+        # Replies keep arriving while we look, and a frame where Haar misses the face clears the overlay and shows
+        # "no face" for a moment, so read the label list and the overlay's painted pixels in one script (JS is
+        # single-threaded: both come from the same reply) and retry until a reply with the face is on screen.
+        snap = {}
         for _ in range(100):
-            shown = driver.find_element("id", "labels").text
-            if "happiness" in shown:
+            snap = driver.execute_script(
+                "const c=document.getElementById('overlay');const d=c.getContext('2d').getImageData(0,0,c.width,"
+                "c.height).data;let n=0;for(let i=3;i<d.length;i+=4){if(d[i]>0)n++;}"
+                "return {shown: document.getElementById('labels').textContent, painted: n};"
+            )
+            if "happiness" in snap["shown"] and snap["painted"] > 500:
                 break
             time.sleep(0.1)
-        assert "happiness" in shown
-        assert painted > 500  # the overlay canvas really has the box and label painted on it
+        assert "happiness" in snap["shown"], snap
+        assert snap["painted"] > 500, snap  # the overlay canvas really has the box and label painted on it
     finally:
         driver.quit()
 
