@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..data.cache import default_cache_dir
+from ..download import fetch
 from ..geometry import FER_CROP_SCALE
 
 log = logging.getLogger(__name__)
@@ -123,27 +122,9 @@ def yunet_model_path(
         if not p.is_file():
             raise FileNotFoundError(f"{p}: YuNet model file not found")
         return p
-    cache = Path(cache_dir or default_cache_dir()) / "models"
-    target = cache / Path(url).name
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
-            f.write(r.read())
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"could not download the YuNet model from {url} ({e}); download it yourself and pass "
-            f"--detector-model PATH (or set $EMOLENS_YUNET to it), or use --detector haar"
-        ) from None
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    if digest != sha256:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{url}: checksum mismatch (got {digest}, expected {sha256}); file discarded")
-    os.replace(tmp, target)
-    return target
+    target = Path(cache_dir or default_cache_dir()) / "models" / Path(url).name
+    hint = "download it yourself and pass --detector-model PATH (or set $EMOLENS_YUNET to it), or use --detector haar"
+    return fetch(url, target, sha256, hint=f"the YuNet model: {hint}")
 
 
 class YuNetDetector:

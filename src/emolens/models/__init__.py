@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .ensemble import Ensemble
+from .face_backbones import FaceResMobileNet, MobileFaceNet, faceres_mobilenet, mobilefacenet
 from .fernet import FERNet
 from .paper_cnn import PaperCNN
 from .torchvision_nets import mobilenet_v3_small, resnet18
@@ -53,6 +54,20 @@ REGISTRY: dict[str, ModelSpec] = {
         True,
         "torchvision MobileNetV3-Small, new head",
     ),
+    "faceres_mobilenet": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: _rgb(faceres_mobilenet, num_classes, in_channels, **kw),
+        112,
+        3,
+        True,
+        "MobileNet v1 pretrained on faces (faceres-deep: VGGFace2 identity, then age/gender), new head",
+    ),
+    "mobilefacenet": ModelSpec(
+        lambda num_classes, in_channels, image_size, **kw: _rgb(mobilefacenet, num_classes, in_channels, **kw),
+        112,
+        3,
+        True,
+        "MobileFaceNet pretrained on face identity (sirius-ai), new head",
+    ),
     "fernet": ModelSpec(
         lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels),
         48,
@@ -75,6 +90,12 @@ REGISTRY: dict[str, ModelSpec] = {
         "FERNet at half width",
     ),
 }
+
+
+def _rgb(build, num_classes: int, in_channels: int, **kw) -> nn.Module:
+    if in_channels != 3:
+        raise ValueError(f"{build.__name__} takes RGB faces (channels 3), not {in_channels}")
+    return build(num_classes, **kw)
 
 
 def available() -> list[str]:
@@ -106,7 +127,9 @@ def create(
 ) -> nn.Module:
     """Build model ``name`` with a ``num_classes`` head.
 
-    ``pretrained`` downloads ImageNet weights (torchvision cache); ``weights`` loads a local backbone file.
+    ``pretrained`` downloads the backbone's weights (ImageNet for torchvision nets, through torchvision's
+    cache; face-trained TFJS models for ``faceres_mobilenet``/``mobilefacenet``, see
+    :mod:`emolens.models.pretrained`); ``weights`` loads a local backbone file (or folder) instead.
     ``in_channels``/``image_size`` default to the model's own input (see :data:`REGISTRY`).
     """
     s = spec(name)
@@ -120,4 +143,15 @@ def create(
     )
 
 
-__all__ = ["REGISTRY", "Ensemble", "FERNet", "ModelSpec", "PaperCNN", "available", "create", "spec"]
+__all__ = [
+    "REGISTRY",
+    "Ensemble",
+    "FERNet",
+    "FaceResMobileNet",
+    "MobileFaceNet",
+    "ModelSpec",
+    "PaperCNN",
+    "available",
+    "create",
+    "spec",
+]
