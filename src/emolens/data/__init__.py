@@ -20,10 +20,11 @@ from .ckplus import ckplus_samples
 from .fer2013 import fer2013_samples
 from .ferplus import ferplus_samples
 from .folder import folder_samples
+from .rafdb import rafdb_samples
 from .sfew import sfew_samples
 from .split import group_split, stratified_split
 
-KINDS = ("ferplus", "fer2013", "affectnet", "ckplus", "sfew", "folder")
+KINDS = ("ferplus", "fer2013", "affectnet", "rafdb", "ckplus", "sfew", "folder")
 
 
 def dataset_samples(
@@ -41,6 +42,8 @@ def dataset_samples(
         return affectnet_samples(root, split, protocol=protocol, seed=seed), CLASSES
     if kind == "ckplus":  # subject-disjoint split, fixed seed: the same test subjects for every run
         return ckplus_samples(root, split), CLASSES
+    if kind == "rafdb":  # official train/test; validation carved from train with a fixed seed
+        return rafdb_samples(root, split), CLASSES_7
     if kind == "sfew":  # film-disjoint split, fixed seed
         return sfew_samples(root, split), CLASSES
     if kind == "folder":
