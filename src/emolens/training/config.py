@@ -22,6 +22,9 @@ class TrainConfig:
     image_size: int | None = None  # None: the model's default
     channels: int | None = None  # None: the model's default
     protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
+    freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
+    backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
+    head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
@@ -91,5 +94,9 @@ class TrainConfig:
             raise ValueError("kd_weight must be in [0, 1] and kd_temperature > 0")
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
+        if not 0 <= self.backbone_lr <= 1e3:
+            raise ValueError(f"backbone_lr is a multiplier of lr: >= 0 (got {self.backbone_lr})")
+        if not 0 <= self.head_warmup_epochs < self.epochs:
+            raise ValueError(f"head_warmup_epochs must be in [0, epochs) (got {self.head_warmup_epochs})")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")

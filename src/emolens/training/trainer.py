@@ -216,7 +216,7 @@ class Trainer:
             self.on_device = _hold_on_device(self.train_ds, self.device)
             self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = param_groups(self.model, cfg.lr, cfg.backbone_lr)
         if cfg.optimizer == "adamw":
             fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
             self.opt: torch.optim.Optimizer = torch.optim.AdamW(
@@ -226,7 +226,9 @@ class Trainer:
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
         steps = len(self.train_loader) * cfg.epochs
         if cfg.schedule == "onecycle":
-            self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(
+                self.opt, max_lr=[g["lr"] for g in params], total_steps=steps, pct_start=0.15
+            )
         elif cfg.schedule == "cosine":
             self.sched = torch.optim.lr_scheduler.LambdaLR(
                 self.opt, _cosine_with_warmup(steps, len(self.train_loader) * cfg.warmup_epochs)
@@ -305,6 +307,12 @@ class Trainer:
         seed_everything(cfg.seed * 1000 + epoch + 7919 * self.rank)  # augmentation/dropout RNG: a function of epoch
         self.sampler.set_epoch(epoch)
         self.ddp_model.train()
+        if cfg.freeze_bn:  # statistics as loaded: BatchNorm normalises with its running mean/var, never updates them
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        head_only = epoch < cfg.head_warmup_epochs
+        set_backbone_trainable(self.model, not head_only)
         loss_sum, correct, n = 0.0, 0, 0
         bar = tqdm(
             self._device_batches() if self.on_device is not None else self.train_loader,
@@ -449,6 +457,38 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return self.history
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The new classification head's parameters: ``model.head_parameters()`` where the model defines it, else
+    those of its last ``nn.Linear``."""
+    if hasattr(model, "head_parameters"):
+        return list(model.head_parameters())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return list(linears[-1].parameters()) if linears else []
+
+
+def param_groups(model: nn.Module, lr: float, backbone_lr: float = 1.0) -> list[dict]:
+    """Optimizer groups: the head at ``lr``, the rest at ``backbone_lr * lr``.
+
+    The schedulers scale each group's own starting lr, so the ratio holds through warm-up and decay.
+    """
+    head = {id(p) for p in head_parameters(model)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr == 1.0 or not head:
+        return [{"params": params, "lr": lr}]
+    return [
+        {"params": [p for p in params if id(p) in head], "lr": lr},
+        {"params": [p for p in params if id(p) not in head], "lr": lr * backbone_lr},
+    ]
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze (``False``) or release everything but the head: a head-only warm-up skips the backbone's backward."""
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(trainable)
 
 
 def _hold_on_device(ds, device: torch.device) -> tuple[torch.Tensor, ...]:
