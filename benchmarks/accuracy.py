@@ -69,9 +69,15 @@ RECIPES = {
     "paper_cnn": dict(PAPER_SETUP, model="paper_cnn"),
     "resnet18": dict(PAPER_SETUP, model="resnet18"),
 }
-ROOTS = {"ferplus": "data/ferplus", "fer2013": "data/fer2013", "ckplus": "data/ckplus", "sfew": "data/sfew"}
+ROOTS = {
+    "ferplus": "data/ferplus",
+    "fer2013": "data/fer2013",
+    "rafdb": "data/rafdb",
+    "ckplus": "data/ckplus",
+    "sfew": "data/sfew",
+}
 #: cross-dataset columns: (dataset kind, split)
-CROSS = (("ferplus", "test"), ("fer2013", "test"), ("ckplus", "test"), ("sfew", "test"))
+CROSS = (("ferplus", "test"), ("fer2013", "test"), ("rafdb", "test"), ("ckplus", "test"), ("sfew", "test"))
 #: earlier bundled models, read from git history: label -> (commit that shipped it, path there)
 PREVIOUS = {
     "emolens v2 (3f42902)": ("3f42902", "src/emolens/weights/fernet_v2.pt"),
@@ -132,6 +138,21 @@ def _scores(labels, probs, classes) -> dict:
     return {"n": m["n"], **{k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}, "recall": recall}
 
 
+def _user_scores(labels, probs, model_classes: list[str], classes) -> dict:
+    """:func:`_scores` of the model's plain argmax over all its classes; a class the dataset lacks is wrong."""
+    from emolens.evaluation.metrics import classification_metrics
+
+    names = [model_classes[i] for i in probs.argmax(1)]
+    other = len(classes)  # one extra column for answers outside the dataset's classes: never a true label, so
+    # it lowers accuracy and recall but is left out of the balanced accuracy's and macro-F1's class averages
+    pred = np.array([list(classes).index(n) if n in classes else other for n in names])
+    wrong = pred == other
+    m = classification_metrics(labels, pred, [*classes, "(other)"])
+    recall = {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["support"]}
+    out = {"n": m["n"], **{k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}}
+    return {**out, "recall": recall, "answers_outside_classes": int(wrong.sum())}
+
+
 def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
     """Run a peer script on uint8 crops in its own interpreter; its probabilities in ``classes`` order."""
     import subprocess
@@ -183,9 +204,14 @@ def cross(models: dict[str, str], peer_python: str | None) -> list[dict]:
                     )
                     loader = torch.utils.data.DataLoader(ds, batch_size=256)
                     probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=tta)
-                    # scored over the dataset's classes (FER2013: the 7 without contempt); on CK+ (no neutral)
-                    # and SFEW (no contempt) an answer of the missing class counts as wrong
+                    # as the user sees it: the argmax over all the model's classes, so on a set without
+                    # contempt (FER2013, RAF-DB, SFEW) or neutral (CK+) an answer of that class is wrong
+                    row[f"{kind}"] = _user_scores(labels, probs, list(ckpt["classes"]), ds.classes)
+                    # masked: only the dataset's classes compete (the model's other outputs dropped)
                     probs = probs[:, [list(ckpt["classes"]).index(c) for c in ds.classes]]
+                    if len(ckpt["classes"]) != len(ds.classes):
+                        row[f"{kind}_masked"] = _scores(labels, probs, ds.classes)
+                    continue
                 row[f"{kind}"] = _scores(labels, probs, ds.classes)
             rows.append(row)
             print(
