@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
     e.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
-    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | ckplus | sfew | folder")
+    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | rafdb | ckplus | sfew | folder")
     e.add_argument("--root", required=True)
     e.add_argument("--split", default="test")
     e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")

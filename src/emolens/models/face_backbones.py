@@ -112,15 +112,18 @@ class _Backbone(nn.Module):
 
     features_dim: int
 
-    def _make_head(self, num_classes: int, dropout: float) -> None:
+    def _make_head(self, num_classes: int, dropout: float, norm: bool = False) -> None:
+        # norm: LayerNorm on the features first, for a backbone whose features are large (MobileFaceNet's reach
+        # a few hundred: a plain linear head on them starts with a loss of ~17 and trains badly)
+        self.norm = nn.LayerNorm(self.features_dim) if norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.features_dim, num_classes)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.fc.parameters())
+        return [*self.norm.parameters(), *self.fc.parameters()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.features(x)))
+        return self.fc(self.dropout(self.norm(self.features(x))))
 
 
 #: MobileNet v1 (alpha 1.0): (output channels, stride of the depthwise conv) of blocks 1..13.
@@ -201,7 +204,7 @@ class MobileFaceNet(_Backbone):
         self.blocks = nn.Sequential(*(_InvRes(*b) for b in (blocks or MOBILEFACENET_BLOCKS)))
         self.conv7 = ConvBN(self.blocks[-1].project.conv.out_channels, 512, 1, act="prelu")
         self.gdconv = ConvBN(512, 512, 7, 1, groups=512, act="none", same=False)  # 7x7 VALID: global depthwise
-        self._make_head(num_classes, dropout)
+        self._make_head(num_classes, dropout, norm=True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv7(self.blocks(self.stem_project(self.stem(self.scale(x)))))
