@@ -3,7 +3,7 @@ import json
 
 import cv2
 import pytest
-from conftest import YUNET, make_folder_dataset
+from conftest import REPO, YUNET, make_folder_dataset
 
 from emolens.cli import main
 from emolens.live.synthetic import sample_face
@@ -138,12 +138,30 @@ def test_user_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and err[0].startswith(f"emolens {args[0]}: error: ") and message in err[0], err
 
 
-def test_offline_yunet_error_says_how_to_use_a_local_file(tmp_path, monkeypatch):
-    from emolens.live.detectors import yunet_model_path
+def test_predict_offline_uses_the_bundled_yunet_without_a_warning(tmp_path, monkeypatch, capsys):
+    """No network, no $EMOLENS_YUNET: `emolens predict` on a real photo runs YuNet (no download, no warning)."""
+    import urllib.request
 
+    from emolens.live import detectors
+
+    def no_network(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.delenv("EMOLENS_YUNET", raising=False)
-    with pytest.raises(RuntimeError, match=r"\$EMOLENS_YUNET"):
-        yunet_model_path(cache_dir=tmp_path, url=(tmp_path / "nowhere.onnx").as_uri())
+    made = []
+    real = detectors.YuNetDetector.__init__
+
+    def spy(self, *a, **k):
+        made.append(self)
+        real(self, *a, **k)
+
+    monkeypatch.setattr(detectors.YuNetDetector, "__init__", spy)
+    photo = REPO / "src" / "emolens" / "assets" / "astronaut_face.jpg"
+    rc = main(["predict", str(photo), "--csv", str(tmp_path / "p.csv"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 0 and made and "Haar" not in err and "warning" not in err.lower(), err
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 2  # header + the one face
 
 
 def test_resume_reads_the_run_config_and_evaluate_defaults_to_the_bundled_model(tmp_path, capsys):

@@ -173,17 +173,33 @@ def test_detectors_drop_unusable_boxes_and_find_faces_in_small_images(yunet_mode
     assert len(found) == 1 and 0 < found[0].box[2] <= 60
 
 
-def test_yunet_model_path_checks(tmp_path, monkeypatch):
+def test_yunet_model_path_is_the_bundled_file_unless_given(tmp_path, monkeypatch):
+    from emolens.download import sha256_of
+    from emolens.live.detectors import BUNDLED_YUNET, YUNET_SHA256
+
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         yunet_model_path(tmp_path / "nope.onnx")
     monkeypatch.delenv("EMOLENS_YUNET", raising=False)
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not the model")
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
-        yunet_model_path(cache_dir=tmp_path / "c", url=bad.as_uri())
-    if YUNET.is_file():  # the real download path, served from a local file: checked, cached
-        p = yunet_model_path(cache_dir=tmp_path / "c", url=YUNET.as_uri())
-        assert p.read_bytes() == YUNET.read_bytes() and p.parent == tmp_path / "c" / "models"
+    assert yunet_model_path() == BUNDLED_YUNET and sha256_of(BUNDLED_YUNET) == YUNET_SHA256
+    assert (BUNDLED_YUNET.parent / "YUNET_LICENSE").read_text().startswith("face_detection_yunet_2026may.onnx")
+    other = tmp_path / "mine.onnx"
+    other.write_bytes(BUNDLED_YUNET.read_bytes())
+    monkeypatch.setenv("EMOLENS_YUNET", str(other))
+    assert yunet_model_path() == other
+
+
+def test_auto_detector_is_yunet_offline_with_no_download_and_no_warning(monkeypatch, caplog):
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.delenv("EMOLENS_YUNET", raising=False)
+    with caplog.at_level("WARNING"):
+        det = create_detector("auto")
+    assert det.name == "yunet" and not caplog.records
+    assert len(det.detect(sample_face())) == 1
 
 
 # ------------------------------------------------------------------ the bundled model

@@ -410,9 +410,9 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         "--detector",
         default=d.detector,
         choices=["auto", "yunet", "haar"],
-        help="face detector (auto: YuNet if its model is available or downloadable, else Haar)",
+        help="face detector (auto: YuNet, bundled with emolens; Haar only if that model cannot be loaded)",
     )
-    p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download; or set $EMOLENS_YUNET)")
+    p.add_argument("--detector-model", help="another YuNet ONNX file than the bundled one (or set $EMOLENS_YUNET)")
     p.add_argument(
         "--margin",
         type=float,

@@ -1,4 +1,4 @@
-"""Cached, checksum-verified downloads of model files (YuNet, face-pretrained backbones)."""
+"""Cached, checksum-verified downloads of model files (the face-pretrained backbones)."""
 
 from __future__ import annotations
 

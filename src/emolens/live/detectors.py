@@ -11,14 +11,12 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from ..data.cache import default_cache_dir
-from ..download import fetch
+from ..download import sha256_of
 from ..geometry import FER_CROP_SCALE
 
 log = logging.getLogger(__name__)
 
 YUNET_FILE = "face_detection_yunet_2026may.onnx"
-YUNET_URL = f"https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/{YUNET_FILE}"
 YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
 
 
@@ -105,26 +103,23 @@ class HaarDetector:
         return valid_faces(faces, frame_bgr.shape[1], frame_bgr.shape[0])
 
 
-def yunet_model_path(
-    path: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    url: str = YUNET_URL,
-    sha256: str = YUNET_SHA256,
-) -> Path:
-    """A local YuNet ONNX file: ``path`` (or ``$EMOLENS_YUNET``) if given, else the cached download.
+#: The YuNet model bundled with emolens (MIT, OpenCV Zoo; see assets/YUNET_LICENSE).
+BUNDLED_YUNET = Path(__file__).resolve().parents[1] / "assets" / YUNET_FILE
 
-    The first use downloads from OpenCV Zoo into ``~/.cache/emolens/models`` and checks the SHA-256;
-    a mismatching file is deleted and reported.
+
+def yunet_model_path(path: str | os.PathLike | None = None) -> Path:
+    """A local YuNet ONNX file: ``path`` (or ``$EMOLENS_YUNET``) if given, else the one bundled with emolens.
+
+    Nothing is downloaded: the bundled file (228 KB) is what ``--detector auto`` uses offline and online.
     """
     path = path or os.environ.get("EMOLENS_YUNET")
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: YuNet model file not found")
-        return p
-    target = Path(cache_dir or default_cache_dir()) / "models" / Path(url).name
-    hint = "download it yourself and pass --detector-model PATH (or set $EMOLENS_YUNET to it), or use --detector haar"
-    return fetch(url, target, sha256, hint=f"the YuNet model: {hint}")
+    p = Path(path) if path else BUNDLED_YUNET
+    if not p.is_file():
+        where = "" if path else " (the bundled file is missing: reinstall emolens or pass --detector-model PATH)"
+        raise FileNotFoundError(f"{p}: YuNet model file not found{where}")
+    if not path and sha256_of(p) != YUNET_SHA256:
+        raise RuntimeError(f"{p}: the bundled YuNet model is damaged (checksum mismatch); reinstall emolens")
+    return p
 
 
 class YuNetDetector:
@@ -167,8 +162,8 @@ DETECTORS = ("auto", "haar", "yunet")
 
 
 def create_detector(name: str = "auto", model: str | None = None, **kw) -> FaceDetector:
-    """``"yunet"``, ``"haar"`` or ``"auto"`` (YuNet, falling back to Haar with a warning when the YuNet
-    model can be neither found nor downloaded). ``model`` is a local YuNet ONNX file.
+    """``"yunet"``, ``"haar"`` or ``"auto"`` (YuNet, from the bundled model or ``model``; Haar with a warning
+    only if that file cannot be loaded). ``model`` is a local YuNet ONNX file.
     """
     if name == "auto":
         try:
