@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import print_table, save, shared  # noqa: E402
+from _common import SHARED, print_table, save, shared  # noqa: E402
 
 from emolens.evaluation.evaluate import evaluate  # noqa: E402
 from emolens.training import TrainConfig, train  # noqa: E402
@@ -172,7 +172,58 @@ def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
     return full
 
 
-def cross(models: dict[str, str], peer_python: str | None) -> list[dict]:
+#: peers that find and align the face themselves (benchmarks/peers/README.md): given each image file and
+#: the dataset's face box, run in this interpreter (they need only OpenCV and numpy)
+SCRIPT_PEERS = {
+    "OpenCV Zoo FER (peer, MobileFaceNet int8)": "opencv_zoo_fer.py",
+    "face-api.js (peer, expression net)": "faceapi_peer.py",
+}
+
+
+def _script_peer_env() -> dict[str, str]:
+    from emolens.live.detectors import BUNDLED_YUNET
+
+    env = dict(os.environ)
+    env.setdefault("EMOLENS_YUNET", str(BUNDLED_YUNET))
+    zoo = SHARED / "models" / "opencv_zoo_fer" / "facial_expression_recognition_mobilefacenet_2022july_int8.onnx"
+    env.setdefault("EMOLENS_ZOO_FER", str(zoo))
+    return env
+
+
+def _script_peer_probs(script: str, ds, classes) -> tuple[np.ndarray, int]:
+    """A self-aligning peer on every image file of ``ds`` (with its face box); probabilities in ``classes``
+    order and how many images it found no face in."""
+    import subprocess
+    import tempfile
+
+    from emolens.labels import canonical_name
+
+    paths, boxes = [], []
+    for smp in ds.samples:
+        paths.append(smp.path)
+        boxes.append(smp.face if smp.face is not None else (np.nan,) * 4)
+    with tempfile.TemporaryDirectory() as d:
+        inp = {"paths": np.array(paths), "boxes": np.array(boxes, np.float32)}
+        np.savez(Path(d) / "in.npz", **inp)
+        r = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve().parent / "peers" / script), f"{d}/in.npz", f"{d}/out.npz"],
+            capture_output=True,
+            text=True,
+            env=_script_peer_env(),
+            check=False,
+        )
+        if r.returncode:
+            raise RuntimeError(f"{script} failed: {r.stderr.strip()[-500:]}")
+        out = np.load(Path(d) / "out.npz")
+        probs, names, detected = out["probs"], [canonical_name(str(c)) for c in out["classes"]], out["detected"]
+    full = np.zeros((len(paths), len(classes)), np.float32)
+    for j, name in enumerate(names):
+        if name in classes:
+            full[:, list(classes).index(name)] = probs[:, j]
+    return full, int((~detected).sum())
+
+
+def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = True) -> list[dict]:
     """Every model on every cross-dataset column, single pass and flip TTA, on the same crops."""
 
     from emolens.data import open_dataset
@@ -185,10 +236,23 @@ def cross(models: dict[str, str], peer_python: str | None) -> list[dict]:
     entries = [(name, path) for name, path in models.items()]
     if peer_python:
         entries.append(("fer (peer, mini-Xception 2018)", "peer"))
+    if script_peers:
+        for name, script in SCRIPT_PEERS.items():
+            if script == "faceapi_peer.py" and not os.environ.get("EMOLENS_FACEAPI_DIR"):
+                print(f"SKIP {name}: set $EMOLENS_FACEAPI_DIR (benchmarks/peers/README.md)")
+                continue
+            entries.append((name, "script:" + script))
     for name, path in entries:
         for tta in (False, True):
+            if tta and path.startswith("script:"):
+                continue  # the self-aligning peers are run as their authors run them: one view
             row = {"model": name, "tta": tta, "checkpoint": path}
             for kind, split in CROSS:
+                if path.startswith("script:"):
+                    ds = open_dataset(kind, shared(ROOTS[kind]), split, 48, 1, cache=False)
+                    probs, missed = _script_peer_probs(path.split(":", 1)[1], ds, ds.classes)
+                    row[kind] = {**_scores(ds.targets, probs, ds.classes), "no_face_found": missed}
+                    continue
                 if path == "peer":
                     ds = open_dataset(kind, shared(ROOTS[kind]), split, 48, 1, cache=False)
                     faces = np.stack([ds.load_face(i) for i in range(len(ds))])
@@ -234,6 +298,7 @@ def main() -> None:
         default=os.environ.get("EMOLENS_PEER_PYTHON"),
         help="cross: python of the venv holding the fer peer (benchmarks/peers/README.md)",
     )
+    ap.add_argument("--no-script-peers", action="store_true", help="cross: skip the OpenCV Zoo and face-api.js peers")
     ap.add_argument("--runs", default="runs", help="folder for run directories")
     ap.add_argument("--reuse", action="store_true", help="evaluate an existing run instead of training again")
     ap.add_argument("--epochs", type=int)
@@ -261,7 +326,7 @@ def main() -> None:
         if not a.peer_python:
             print("SKIP peer fer: no --peer-python / $EMOLENS_PEER_PYTHON (benchmarks/peers/README.md)")
         torch.set_num_threads(a.threads)
-        rows = cross(models, a.peer_python)
+        rows = cross(models, a.peer_python, not a.no_script_peers)
         table = [
             {
                 "model": r["model"],
