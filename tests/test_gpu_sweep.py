@@ -1,4 +1,4 @@
-"""benchmarks/gpu_sweep.py: the packed faces rebuild exactly the dataset and the faces emolens reads from disk."""
+"""benchmarks/experiments/gpu_sweep.py: packed faces rebuild exactly the dataset and the faces emolens reads."""
 
 import argparse
 import importlib.util
@@ -11,7 +11,7 @@ from emolens.data.cache import cache_key
 
 
 def _sweep():
-    spec = importlib.util.spec_from_file_location("gpu_sweep", REPO / "benchmarks" / "gpu_sweep.py")
+    spec = importlib.util.spec_from_file_location("gpu_sweep", REPO / "benchmarks" / "experiments" / "gpu_sweep.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

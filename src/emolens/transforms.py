@@ -54,7 +54,7 @@ def train_transform(pre: Preprocess, strength: str = "default") -> v2.Compose:
         v2.RandomHorizontalFlip(),
         # bilinear, as BatchAugment: torchvision's default (nearest) leaves jagged edges that shift every
         # BatchNorm statistic away from the on-device pipeline's (v3's BatchNorm re-measured on such faces
-        # scores 1.3 points lower on validation: benchmarks/augment_bn.py)
+        # scores 1.3 points lower on validation: benchmarks/experiments/augment_bn.py)
         v2.RandomAffine(
             degrees=8 if light else 12,
             translate=(0.08, 0.08),

@@ -3,14 +3,14 @@
 Every BatchNorm layer of a checkpoint is reset and re-measured on 8,192 training faces seen through one
 augmentation pipeline, and the result is scored on validation (FER+ Valid + CK+/SFEW val) by the
 criterion that chose the bundled model (best mean of accuracy and balanced accuracy over the prior shift,
-``benchmarks/prior_frontier.py``). A pipeline the model was trained with costs (almost) nothing; one that
+``benchmarks/experiments/prior_frontier.py``). A pipeline the model was trained with costs (almost) nothing; one that
 shows it different faces moves every statistic and costs accuracy before a single weight changes.
 
 Pipelines: ``batch`` (BatchAugment, the GPU path the bundled model was trained with), ``per-image``
 (``train_transform``, the CPU path), ``per-image-nearest`` (the CPU path as it was before it resampled
 bilinearly: torchvision's default nearest-neighbour affine), ``clean`` (no augmentation).
 
-    python benchmarks/augment_bn.py [CKPT] [--modes batch per-image ...] [--out augment_bn]
+    python benchmarks/experiments/augment_bn.py [CKPT] [--modes batch per-image ...] [--out augment_bn]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from _common import print_table, save, shared  # noqa: E402
 from prior_frontier import TAUS, frontier, summary  # noqa: E402
 
@@ -59,7 +59,7 @@ def remeasured(ckpt: dict, path: str, mode: str, samples: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bundled = Path(__file__).parents[1] / "src/emolens/weights/fernet_v3.pt"
+    bundled = Path(__file__).resolve().parents[2] / "src/emolens/weights/fernet_v3.pt"
     ap.add_argument("checkpoint", nargs="?", default=str(bundled))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="none: the checkpoint as it is")
     ap.add_argument("--samples", type=int, default=8192)
@@ -86,7 +86,11 @@ def main() -> None:
     print_table(rows, cols)
     save(
         a.out,
-        {"command": shlex.join(["benchmarks/augment_bn.py", *sys.argv[1:]]), "samples": a.samples, "rows": rows},
+        {
+            "command": shlex.join(["benchmarks/experiments/augment_bn.py", *sys.argv[1:]]),
+            "samples": a.samples,
+            "rows": rows,
+        },
     )
 
 

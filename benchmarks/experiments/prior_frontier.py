@@ -9,7 +9,8 @@ picks) and its best accuracy at balanced accuracy >= each ``--at`` level.
 Model selection belongs on validation (the default: FER+ Valid + the CK+ and SFEW validation
 subjects/films); ``--split test`` is for reporting a model already chosen.
 
-    python benchmarks/prior_frontier.py NAME=CKPT[@VIEWS] [NAME=CKPT ...] [--split val] [--bootstrap N] [--out NAME]
+    python benchmarks/experiments/prior_frontier.py NAME=CKPT[@VIEWS] [NAME=CKPT ...] [--split val] \\
+        [--bootstrap N] [--out NAME]
 
 ``@flip`` / ``@shift-flip`` score a checkpoint averaged over views of each face: a multi-view distillation
 teacher (``emolens train --teacher-views``), not a single-pass model.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import print_table, save, shared  # noqa: E402
 
 #: The prior shifts swept: from the balanced end (0) to a little past the training prior (1).
@@ -107,7 +108,7 @@ def main() -> None:
     save(
         a.out,
         {
-            "command": shlex.join(["benchmarks/prior_frontier.py", *sys.argv[1:]]),
+            "command": shlex.join(["benchmarks/experiments/prior_frontier.py", *sys.argv[1:]]),
             "split": a.split,
             "datasets": ["ferplus", *(e.split("=")[0] for e in extra)],
             "summary": rows,

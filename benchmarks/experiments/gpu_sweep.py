@@ -8,8 +8,8 @@ kept as inference checkpoints.
 
 Two steps, for a GPU machine that does not hold the datasets (e.g. a rented one):
 
-    python benchmarks/gpu_sweep.py pack --out .gpu/data.npz          # here: FER+ / CK+ / SFEW faces, lossless
-    python benchmarks/gpu_sweep.py run --pack .gpu/data.npz --out OUT --budget 470   # there
+    python benchmarks/experiments/gpu_sweep.py pack --out .gpu/data.npz   # here: FER+ / CK+ / SFEW faces, lossless
+    python benchmarks/experiments/gpu_sweep.py run --pack .gpu/data.npz --out OUT --budget 470   # there
 
 ``pack`` stores every training and validation face of ``--extra-data``'s combined dataset once, as lossless
 WebP (the decoded 48 px crops, exactly what the trainer's cache holds); ``run`` rebuilds the dataset folders
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 COMMON = [
