@@ -162,7 +162,7 @@ def main() -> None:
             print(json.dumps(run_one("in-process, 2 threads", str(collection), str(out), yunet)), file=sys.stderr)
         result = verify(collection, pq.read_table(out / "faces.parquet").to_pydict(), yunet, work)
         print_table([result], list(result))
-        save("batch_vs_live_predict", {"collection": str(collection.relative_to(HERE.parent)), **result})
+        save("batch_throughput_verify", {"collection": str(collection.relative_to(HERE.parent)), **result})
         return
 
     for k, config in enumerate(a.configs):

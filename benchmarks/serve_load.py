@@ -7,7 +7,7 @@ count the worker processes that answer (``pids``). Status codes other than 200 (
 ``--max-pending`` predictions wait) are counted.
 
     python benchmarks/serve_load.py [--requests 200] [--concurrency 8] [--workers 1,4]
-    python benchmarks/serve_load.py --concurrency 64 --workers 1 --name serve_overload   # overload
+    python benchmarks/serve_load.py --concurrency 64 --workers 1 --name serve_load_overload   # overload
 """
 
 from __future__ import annotations

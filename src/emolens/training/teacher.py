@@ -2,7 +2,7 @@
 
 Averaging a model over small shifts and mirror images of a face is a better teacher than the model on
 one view (on FER+ Valid + CK+/SFEW val, ten views lift the shipped model's accuracy at equal balanced
-accuracy by about a point; ``benchmarks/results/teacher_views_v3.json``).
+accuracy by about a point; ``benchmarks/results/prior_frontier_teacher_views_v3.json``).
 :func:`emolens.evaluation.inference.multi_view_log_probs` is that teacher; :func:`precompute_targets` runs
 it once over the un-augmented training faces (``--teacher-offline``), so a CPU run pays for the views once
 instead of on every batch.
