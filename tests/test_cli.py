@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import cv2
@@ -124,8 +125,8 @@ def test_bad_input_exits_2_with_named_error(args, message, capsys):
     "args,message",
     [
         (["train", "--root", "x", "--model", "nope", "--out", "{tmp}/r"], "unknown model 'nope'"),
-        (["train", "--root", "{tmp}", "--dataset", "nope", "--out", "{tmp}/r2"], "unknown dataset kind 'nope'"),
-        (["train", "--root", "x", "--optimizer", "adam", "--out", "{tmp}/r3"], "optimizer='adam'"),
+        (["train", "--root", "{tmp}", "--dataset", "nope", "--out", "{tmp}/r2"], "--dataset must be one of ferplus,"),
+        (["train", "--root", "x", "--optimizer", "adam", "--out", "{tmp}/r3"], "--optimizer must be one of adamw, sgd"),
         (["train", "--out", "{tmp}/r4"], "--root is required"),
         (["evaluate", "--dataset", "folder", "--root", "{tmp}/none"], "dataset root not found"),
         (["predict", "{tmp}/missing.jpg"], "no such file or folder"),
@@ -309,7 +310,7 @@ def test_export_without_onnx_and_unknown_split_are_one_line_errors(tmp_path, mon
     root = make_folder_dataset(tmp_path / "d", per_class=4, size=32)
     assert main(["evaluate", "--dataset", "folder", "--root", str(root), "--split", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown split 'nope'" in err[0]
+    assert err == ["emolens evaluate: error: --split must be one of train, val, test (got 'nope')"]
 
 
 def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
@@ -322,3 +323,109 @@ def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
     assert cfg["root"] == str(tmp_path / "d") and cfg["extra_data"] == [f"folder={tmp_path / 'd'}*2"]
     monkeypatch.chdir(tmp_path / "d")  # resume from elsewhere: the data is still found
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--root", "."]) == 0
+
+
+# ------------------------------------------------------------------ every option value checked as it is parsed
+#: What each command needs besides the flag under test.
+REQUIRED = {
+    "live": [],
+    "predict": ["x.jpg"],
+    "batch": ["x/", "--out", "o"],
+    "serve": [],
+    "train": [],
+    "evaluate": ["--dataset", "folder", "--root", "."],
+}
+#: Flags whose values are free text (files, folders, names, addresses, keys): checked when used, each with a
+#: one-line error (test_bad_input_exits_2_with_named_error, test_user_errors_are_one_line_and_exit_2).
+FREE_TEXT = {
+    "--source", "--output", "--csv", "--jsonl", "--summary", "--checkpoint", "--onnx", "--detector-model",
+    "--json", "--annotate", "--out", "--host", "--data-dir", "--api-key", "--allow-origin", "--allowed-host",
+    "--config", "--root", "--extra-data", "--model", "--weights", "--init", "--teacher",
+}  # fmt: skip
+
+
+def _options(command: str):
+    from emolens.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return [a for a in sub.choices[command]._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
+
+
+def _bad_cases():
+    for command in REQUIRED:
+        for action in _options(command):
+            limit = getattr(action.type, "limit", None)
+            for bad in limit.bad_values() if limit else ():
+                yield pytest.param(command, action.option_strings[-1], bad, id=f"{command} {action.dest} {bad}")
+
+
+def test_every_value_flag_is_checked_and_says_its_range():
+    """Each option that takes a value either is checked as it is parsed (its range in --help) or is free text."""
+    from emolens.options import OneOf
+
+    for command in REQUIRED:
+        for action in _options(command):
+            flag = action.option_strings[-1]
+            limit = getattr(action.type, "limit", None)
+            if limit is None:
+                assert flag in FREE_TEXT, f"emolens {command} {flag}: no range and not listed as free text"
+            elif isinstance(limit, OneOf):
+                assert list(action.choices) == [v for v in limit.values if v is not None], (command, flag)
+            else:
+                assert limit.describe() in action.help, (command, flag, action.help)
+
+
+@pytest.mark.parametrize("command,flag,bad", list(_bad_cases()))
+def test_a_refused_value_is_one_line_and_exit_2(command, flag, bad, capsys):
+    assert main([command, *REQUIRED[command], flag, bad]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"emolens {command}: error: {flag} must be ") and lines[0].endswith(")"), lines
+
+
+def test_refusals_read_as_documented(capsys):
+    for args, line in [
+        (["live", "--every", "0"], "emolens live: error: --every must be >= 1 (got 0)"),
+        (["live", "--smooth", "window", "--window", "0"], "emolens live: error: --window must be >= 1 (got 0)"),
+        (["predict", "a.jpg", "--margin", "-3"], "emolens predict: error: --margin must be >= 0 and <= 1 (got -3)"),
+        (["batch", "a/", "--out", "o", "--every", "-1"], "emolens batch: error: --every must be >= 1 (got -1)"),
+        (["live", "--alpha", "7"], "emolens live: error: --alpha must be > 0 and <= 1 (got 7)"),
+        (["train", "--epochs", "x"], "emolens train: error: --epochs must be an integer >= 1 (got 'x')"),
+    ]:
+        assert main(args) == 2
+        assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_python_entry_points_share_the_checks(tmp_path):
+    import emolens
+    from emolens.batch import BatchOptions
+    from emolens.live.settings import PipelineSettings
+    from emolens.live.smoothing import Smoother
+    from emolens.options import PIPELINE, SERVE
+    from emolens.training.config import LIMITS, TrainConfig
+
+    with pytest.raises(ValueError, match=r"^margin must be >= 0 and <= 1 \(got -3\)$"):
+        emolens.load_model(margin=-3)  # refused before any model is loaded
+    with pytest.raises(ValueError, match=r"^window must be >= 1 \(got 0\)$"):
+        PipelineSettings(smooth="window", window=0)
+    with pytest.raises(ValueError, match="^window must be"):
+        Smoother("window", window=0)
+    with pytest.raises(ValueError, match=r"^every must be >= 1 \(got 0\)$"):
+        emolens.stream("clip.mp4", every=0)
+    with pytest.raises(ValueError, match="^every must be >= 1"):
+        BatchOptions(out=tmp_path, every=0)
+    with pytest.raises(ValueError, match=r"^epochs must be >= 1 \(got 0\)$"):
+        TrainConfig(epochs=0).validate()
+    with pytest.raises(ValueError, match="^optimizer must be one of adamw, sgd"):
+        TrainConfig.from_dict({"optimizer": "adam"}).validate()
+    TrainConfig().validate()
+    PipelineSettings(margin=0.2, alpha=1, threads=2, device="cuda:1")
+    assert set(LIMITS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PIPELINE) <= {f.name for f in dataclasses.fields(PipelineSettings)}
+    pytest.importorskip("fastapi")
+    from emolens.serve import ServeSettings
+
+    assert set(SERVE) <= {f.name for f in dataclasses.fields(ServeSettings)}
+    with pytest.raises(ValueError, match=r"^max_pending must be >= 1 \(got 0\)$"):
+        ServeSettings(max_pending=0)

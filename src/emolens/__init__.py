@@ -75,5 +75,8 @@ def stream(
 ) -> Iterator[FrameResult]:
     """Per-frame results (:class:`~emolens.live.pipeline.FrameResult`) of a video file, camera index,
     stream URL or ``"screen"``, tracked and smoothed, as they are made."""
+    from .options import STREAM, check_values
+
+    check_values(STREAM, every=every, max_frames=max_frames)
     pipe = model if model is not None else load_model()
     return pipe.stream(source, every=every, max_frames=max_frames)

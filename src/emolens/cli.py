@@ -6,12 +6,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import typing
 
+from .options import BATCH, DATASETS, DEVICE, PIPELINE, PORT, SERVE, SPLIT, STREAM, Limit, OneOf, Range
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``emolens live: error: --every must be >= 1 (got 0)``, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        # a checked flag's message names the flag itself: "argument --every: --every must be" -> "--every must be"
+        message = re.sub(r"^argument [^:]+: (--\S+ must be )", r"\1", message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _limited(p: argparse.ArgumentParser, flag: str, limit: Limit, help: str = "", note: str = "", **kw) -> None:
+    """``p.add_argument(flag)`` whose value ``limit`` checks as it is parsed; the range (and ``note``) end the
+    help text."""
+    notes = [note] if note else []
+    if isinstance(limit, OneOf):
+        kw["choices"] = [v for v in limit.values if v is not None]  # --help shows them: {a,b,c}
+    else:
+        notes.insert(0, limit.describe())
+    if notes:
+        help = f"{help} ({'; '.join(notes)})".lstrip()
+    p.add_argument(flag, type=limit.arg_type(flag), help=help, **kw)
+
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from .training.config import TrainConfig
+    from .training.config import LIMITS, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -21,6 +46,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})")
         elif typing.get_origin(t) is list:
             p.add_argument(flag, nargs="+", default=None, metavar="KIND=ROOT", help="(default: none)")
+        elif f.name in LIMITS:
+            _limited(p, flag, LIMITS[f.name], note=f"default {f.default}", default=None)
         else:
             base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
             p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
@@ -403,30 +430,34 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     d = PipelineSettings()
     p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled model)")
     p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
-    p.add_argument(
+    _limited(
+        p,
         "--detector",
+        PIPELINE["detector"],
+        "face detector (auto: YuNet if its model is available or downloadable, else Haar)",
         default=d.detector,
-        choices=["auto", "yunet", "haar"],
-        help="face detector (auto: YuNet if its model is available or downloadable, else Haar)",
     )
     p.add_argument("--detector-model", help="local YuNet ONNX file (skips the download; or set $EMOLENS_YUNET)")
-    p.add_argument(
+    _limited(
+        p,
         "--margin",
-        type=float,
+        PIPELINE["margin"],
+        "extra context per side around the FER-like face crop the model was trained on, as a share of it "
+        "(0: that crop; 0.1: a 20%% larger side)",
         default=d.margin,
-        help="extra context per side around the FER-like face crop the model was trained on (0: that crop)",
     )
     p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
-    p.add_argument(
+    _limited(
+        p,
         "--tta",
-        default=d.tta,
-        choices=["none", "flip", "shift-flip"],
-        help="average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
+        PIPELINE["tta"],
+        "average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
         "or mirror x four 1.4 px shifts (shift-flip, 10x); for photos more than live video",
+        default=d.tta,
     )
-    p.add_argument("--smooth", default=d.smooth, choices=["ema", "window", "none"], help="temporal smoothing per face")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="EMA weight of the newest frame")
-    p.add_argument("--window", type=int, default=d.window, help="frames averaged by --smooth window")
+    _limited(p, "--smooth", PIPELINE["smooth"], "temporal smoothing per face", default=d.smooth)
+    _limited(p, "--alpha", PIPELINE["alpha"], "EMA weight of the newest frame", default=d.alpha)
+    _limited(p, "--window", PIPELINE["window"], "frames averaged by --smooth window", default=d.window)
     _add_runtime_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -435,19 +466,20 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     from .live.settings import PipelineSettings
 
     d = PipelineSettings()
-    p.add_argument(
+    _limited(
+        p,
         "--threads",
-        type=int,
+        PIPELINE["threads"],
+        "PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
         default=d.threads,
-        help="PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
     )
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (cuda if available)")
+    _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="emolens", description=__doc__)
+    p = Parser(prog="emolens", description=__doc__)
     p.add_argument("--version", action="version", version=f"emolens {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -460,21 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
     e.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
-    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | ckplus | sfew | folder")
+    _limited(e, "--dataset", OneOf(*DATASETS), required=True)
     e.add_argument("--root", required=True)
-    e.add_argument("--split", default="test")
+    _limited(e, "--split", SPLIT, default="test")
     e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
-    e.add_argument(
+    _limited(
+        e,
         "--tta",
+        OneOf("flip", "shift-flip"),
+        "test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
+        "mirror x four 1.4 px shifts)",
         nargs="?",
         const="flip",
-        choices=["flip", "shift-flip"],
-        help="test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
-        "mirror x four 1.4 px shifts)",
     )
-    e.add_argument("--protocol", default="paper", help="AffectNet split protocol: paper | official")
-    e.add_argument("--workers", type=int, default=0)
-    e.add_argument("--device", default="cpu")
+    _limited(e, "--protocol", OneOf("paper", "official"), "AffectNet split protocol", default="paper")
+    _limited(e, "--workers", Range(int, 0), "data-loading processes (0: in this process)", default=0)
+    _limited(e, "--device", DEVICE, default="cpu")
     e.set_defaults(func=cmd_evaluate)
 
     rb = sub.add_parser(
@@ -482,26 +515,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="post-hoc prior correction: trade accuracy for rare-class recall, chosen on a validation split",
     )
     rb.add_argument("checkpoint")
-    rb.add_argument("--dataset", required=True)
+    _limited(rb, "--dataset", OneOf(*DATASETS), required=True)
     rb.add_argument("--root", required=True)
     rb.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    rb.add_argument("--split", default="val")
+    _limited(rb, "--split", SPLIT, default="val")
     rb.add_argument(
         "--metric",
         default="acc_bal",
         choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
         help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
     )
-    rb.add_argument(
+    _limited(
+        rb,
         "--min-balanced-accuracy",
-        type=float,
+        Range(float, 0, 1),
+        "only shifts whose balanced accuracy on the split is >= B",
         default=0.0,
         metavar="B",
-        help="only shifts whose balanced accuracy on the split is >= B",
     )
-    rb.add_argument("--min-recall", type=float, default=0.0, metavar="R", help="only shifts with every recall >= R")
-    rb.add_argument(
-        "--tau", type=float, help="fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
+    _limited(rb, "--min-recall", Range(float, 0, 1), "only shifts with every recall >= R", default=0.0, metavar="R")
+    _limited(
+        rb, "--tau", Range(float), "fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
     )
     rb.add_argument("--out", required=True, help="the corrected checkpoint")
     rb.set_defaults(func=cmd_rebalance)
@@ -514,10 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     av = sub.add_parser("average", help="average the weights of snapshots of one run (SWA): one model, the cost of one")
     av.add_argument("checkpoints", nargs="+")
     av.add_argument("--out", required=True)
-    av.add_argument("--dataset", help="re-measure BatchNorm statistics on this dataset's training split")
+    _limited(av, "--dataset", OneOf(*DATASETS), "re-measure BatchNorm statistics on this dataset's training split")
     av.add_argument("--root")
     av.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    av.add_argument("--bn-samples", type=int, default=8192, help="training faces for the BatchNorm statistics")
+    _limited(av, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
     av.set_defaults(func=cmd_average)
 
     pr = sub.add_parser("predict", help="emotions of every face in images or folders")
@@ -536,13 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--jsonl", help="the same rows as JSON lines")
     lv.add_argument("--summary", help="folder for summary.json and timeline.png")
     lv.add_argument("--show", action="store_true", help="open a window (where a display exists)")
-    lv.add_argument(
+    _limited(
+        lv,
         "--every",
-        type=int,
+        STREAM["every"],
+        "classify every Nth frame of a file (faces are still detected and tracked on every frame)",
         default=1,
-        help="classify every Nth frame of a file (faces are still detected and tracked on every frame)",
     )
-    lv.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _limited(lv, "--max-frames", STREAM["max_frames"], "stop after this many frames")
     lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
     _add_pipeline_flags(lv)
     lv.set_defaults(func=cmd_live)
@@ -553,19 +588,21 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
     ba.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")
     ba.add_argument("--csv", action="store_true", help="also write the tables as CSV")
-    ba.add_argument(
+    _limited(
+        ba,
         "--ray",
+        BATCH["ray"],
+        "auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
+        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
         default="auto",
         metavar="auto|none|ADDRESS",
-        help="auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
-        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
     )
-    ba.add_argument("--workers", type=int, default=0, help="Ray workers (0: as many as the CPUs allow)")
-    ba.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker")
-    ba.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (0.5: two share one)")
-    ba.add_argument("--every", type=int, default=1, help="classify every Nth video frame (as for live)")
+    _limited(ba, "--workers", BATCH["workers"], "Ray workers (0: as many as the CPUs allow)", default=0)
+    _limited(ba, "--cpus-per-worker", BATCH["cpus_per_worker"], "CPUs reserved per Ray worker", default=1.0)
+    _limited(ba, "--gpus-per-worker", BATCH["gpus_per_worker"], "GPUs per Ray worker (0.5: two share one)", default=0.0)
+    _limited(ba, "--every", BATCH["every"], "classify every Nth video frame (as for live)", default=1)
     ba.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
-    ba.add_argument("--images-per-task", type=int, default=32, help="images analysed (and saved) together")
+    _limited(ba, "--images-per-task", BATCH["images_per_task"], "images analysed (and saved) together", default=32)
     ba.add_argument("--retry-failed", action="store_true", help="try again the files that failed last time")
     _add_pipeline_flags(ba)
     ba.set_defaults(func=cmd_batch)
@@ -574,28 +611,33 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", help="default: the bundled model")
     ex.add_argument("--format", default="onnx", choices=["onnx"])
     ex.add_argument("--output", "-o", default="emolens.onnx")
-    ex.add_argument("--opset", type=int, default=17)
+    _limited(ex, "--opset", Range(int, 7), "ONNX operator set", default=17)
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="HTTP API + web page (browser webcam, uploads)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    sv.add_argument("--port", type=int, default=8000)
+    _limited(sv, "--port", PORT, default=8000)
     sv.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
-    sv.add_argument("--max-image-mb", type=float, default=10.0)
-    sv.add_argument("--max-video-mb", type=float, default=200.0)
-    sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
-    sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
-    sv.add_argument(
+    _limited(sv, "--max-image-mb", SERVE["max_image_mb"], "largest image upload", default=10.0)
+    _limited(sv, "--max-video-mb", SERVE["max_video_mb"], "largest video upload", default=200.0)
+    _limited(sv, "--timeout", SERVE["request_timeout_s"], "per-request time limit (s)", default=20.0)
+    _limited(sv, "--max-jobs", SERVE["max_queued_jobs"], "video jobs that may wait in the queue", default=4)
+    _limited(
+        sv,
         "--max-pending",
-        type=int,
+        SERVE["max_pending"],
+        "image predictions in flight: uploading, waiting or running (503 beyond)",
         default=8,
-        help="image predictions in flight: uploading, waiting or running (503 beyond)",
     )
-    sv.add_argument("--keep-hours", type=float, default=24.0, help="delete finished video jobs after this long")
-    sv.add_argument(
-        "--max-disk-gb", type=float, default=10.0, help="disk quota for video jobs (oldest finished deleted first)"
+    _limited(sv, "--keep-hours", SERVE["keep_hours"], "delete finished video jobs after this long", default=24.0)
+    _limited(
+        sv,
+        "--max-disk-gb",
+        SERVE["max_disk_gb"],
+        "disk quota for video jobs (oldest finished deleted first)",
+        default=10.0,
     )
-    sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    _limited(sv, "--workers", SERVE["workers"], "worker processes (each loads the model)", default=1)
     sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
     sv.add_argument(
         "--allow-origin", action="append", metavar="ORIGIN", help="another web origin that may call the API (CORS)"
@@ -615,7 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a refused flag (its one line already printed): the status
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from .checkpoint import CheckpointError
     from .data import DataError

@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..live.settings import PipelineSettings
+from ..options import BATCH, check_fields
 from .inputs import MediaFile, discover
 from .store import ResultStore
 from .worker import FileAnalyzer, FileResult, probe_frames
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchOptions:
-    """How a batch runs (the ``emolens batch`` flags)."""
+    """How a batch runs (the ``emolens batch`` flags; values checked against :data:`emolens.options.BATCH`)."""
 
     out: str | Path
     settings: PipelineSettings = field(default_factory=PipelineSettings)
@@ -48,6 +49,9 @@ class BatchOptions:
     csv: bool = False
     max_attempts: int = 3
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, BATCH)
 
 
 class WorkerLost(RuntimeError):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import CLASSES, CLASSES_7, remap
+from ..options import DATASETS as KINDS
 from .affectnet import affectnet_samples
 from .base import DataError, FaceDataset, Sample, read_image
 from .cache import attach_cache
@@ -22,8 +23,6 @@ from .ferplus import ferplus_samples
 from .folder import folder_samples
 from .sfew import sfew_samples
 from .split import group_split, stratified_split
-
-KINDS = ("ferplus", "fer2013", "affectnet", "ckplus", "sfew", "folder")
 
 
 def dataset_samples(

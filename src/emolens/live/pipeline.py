@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..geometry import FER_CROP_SCALE
+from ..options import PIPELINE, STREAM, check_values
 from .classifier import EmotionClassifier
 from .crop import crop_faces
 from .detectors import Face, FaceDetector, create_detector
@@ -115,7 +116,7 @@ class Pipeline:
         self.detector = detector or create_detector("haar")
         self.smoother = smoother or Smoother()
         self.tracker = tracker or IoUTracker()
-        self.margin, self.align = margin, align
+        self.margin, self.align = PIPELINE["margin"].check("margin", margin), align
         self.timer = StageTimer()
         self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track -> last (smoothed, raw) probabilities
 
@@ -192,6 +193,7 @@ class Pipeline:
         track's last emotion. Closing the generator (or
         breaking out of the loop) releases the source.
         """
+        check_values(STREAM, every=every, max_frames=max_frames)
         src = FrameSource(source, max_frames=max_frames)
         try:
             yield from self.frames(src, every)
@@ -201,6 +203,7 @@ class Pipeline:
     def frames(self, src: FrameSource, every: int = 1) -> Iterator[FrameResult]:
         """Per-frame results of an open :class:`FrameSource` (tracking and smoothing start fresh); the
         caller keeps the source (its ``size``, ``fps``, ``ended_early``) and releases it."""
+        check_values(STREAM, every=every)
         self.reset()
         t_prev = time.perf_counter()
         for i, ts, frame in src:
@@ -231,6 +234,7 @@ class Pipeline:
         released on any error, so work done before a failure is kept. Returns the summary dict (also written
         as ``summary.json``).
         """
+        check_values(STREAM, every=every, max_frames=max_frames)
         src = FrameSource(source, max_frames=max_frames)
         self.timer = StageTimer()  # stage timings of this run only
         writer = RowWriter(rows, self.classes) if rows else None
