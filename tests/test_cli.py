@@ -429,3 +429,54 @@ def test_python_entry_points_share_the_checks(tmp_path):
     assert set(SERVE) <= {f.name for f in dataclasses.fields(ServeSettings)}
     with pytest.raises(ValueError, match=r"^max_pending must be >= 1 \(got 0\)$"):
         ServeSettings(max_pending=0)
+
+
+# ------------------------------------------------------------------ a broken install says so
+def _run_with(tmp_path, package: str, body: str, *args: str):
+    """``emolens ARGS`` in a fresh interpreter where ``import PACKAGE`` runs ``body`` (a broken install)."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site-packages" / package
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(body)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
+    cmd = [sys.executable, "-m", "emolens.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_torchvision_built_for_another_torch_is_one_line(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.jpg"), sample_face())
+    body = "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    r = _run_with(tmp_path, "torchvision", body, "predict", str(tmp_path / "a.jpg"), "--detector", "haar", "-q")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert err[0].startswith("emolens predict: error: broken install: torchvision ")
+    assert "does not match torch" in err[0] and "pip install --force-reinstall torch torchvision" in err[0]
+
+
+def test_opencv_that_cannot_load_is_one_line(tmp_path):
+    body = "raise ImportError('libGL.so.1: cannot open shared object file: No such file or directory')\n"
+    r = _run_with(tmp_path, "cv2", body, "live", "--source", "sample", "--detector", "haar", "-q")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "broken install: OpenCV (cv2)" in err[0] and "libGL.so.1" in err[0]
+    assert "pip install --force-reinstall opencv-python-headless" in err[0]
+
+
+def test_install_problem_tells_a_broken_install_from_other_errors():
+    from emolens.cli import install_problem
+
+    missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert "torch is not installed; install it: pip install torch torchvision" in install_problem(missing)
+    try:
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as inner:
+            raise ImportError("could not load the model") from inner
+    except ImportError as e:
+        assert "does not match torch" in install_problem(e)  # found on the chain
+    assert install_problem(ModuleNotFoundError("No module named 'onnx'", name="onnx")) is None  # an extra
+    assert install_problem(FileNotFoundError("x.pt")) is None
+    assert install_problem(RuntimeError("CUDA out of memory")) is None
