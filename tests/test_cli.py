@@ -252,9 +252,10 @@ def test_predict_keeps_going_and_keeps_results(tmp_path, monkeypatch, capsys):
         "--csv",
         str(tmp_path / "r.csv"),
     ]
-    assert main([*args, "--annotate", str(tmp_path / "ann")]) == 0
+    assert main([*args, "--annotate", str(tmp_path / "ann")]) == 1  # one image could not be analysed
     res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["images"]
     assert [len(r["faces"]) for r in res] == [1, 1, 0, 1]
+    assert [r["status"] for r in res] == ["faces", "faces", "error", "faces"]
     assert "caf\ufffd.jpg" in res[1]["file"] and "OverflowError" in res[2]["error"]
     assert len(list((tmp_path / "ann").iterdir())) == 3
     assert not (tmp_path / "r.json.partial.jsonl").exists()
@@ -480,3 +481,61 @@ def test_install_problem_tells_a_broken_install_from_other_errors():
     assert install_problem(ModuleNotFoundError("No module named 'onnx'", name="onnx")) is None  # an extra
     assert install_problem(FileNotFoundError("x.pt")) is None
     assert install_problem(RuntimeError("CUDA out of memory")) is None
+
+
+# ------------------------------------------------------------------ every input accounted for
+def _mixed_folder(root):
+    """Two photos with a face, two without, a 0-byte PNG and a text file named .jpg."""
+    import numpy as np
+
+    from emolens.live.synthetic import background
+
+    root.mkdir()
+    framed = cv2.copyMakeBorder(sample_face(), 40, 40, 60, 60, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    cv2.imwrite(str(root / "a_face.jpg"), framed)
+    cv2.imwrite(str(root / "b_face.png"), cv2.flip(framed, 1))
+    cv2.imwrite(str(root / "c_wall.jpg"), background((160, 120), seed=3))
+    cv2.imwrite(str(root / "d_grey.png"), np.full((90, 120, 3), 128, np.uint8))
+    (root / "e_empty.png").write_bytes(b"")
+    (root / "f_notes.jpg").write_text("not a photo at all\n")
+    return root
+
+
+def test_predict_accounts_for_every_file(tmp_path, capsys):
+    d = _mixed_folder(tmp_path / "mixed")
+    out = ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]
+    assert main(["predict", str(d), "--detector", "haar", "-q", *out]) == 1  # (documented: any unreadable -> 1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "6 image(s): 2 with faces, 2 without, 2 unreadable"
+    assert sorted(err[:-1]) == [
+        f"{d / 'e_empty.png'}: image file is empty",
+        f"{d / 'f_notes.jpg'}: not a readable image (corrupt or unsupported format)",
+    ]  # each unreadable file named once, also when the results go to files
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [(r["file"].rsplit("/", 1)[1], r["status"]) for r in rows] == [
+        ("a_face.jpg", "faces"),
+        ("b_face.png", "faces"),
+        ("c_wall.jpg", "no face found"),
+        ("d_grey.png", "no face found"),
+        ("e_empty.png", "error"),
+        ("f_notes.jpg", "error"),
+    ]
+    assert rows[0]["label"] == "happiness" and rows[2]["label"] == rows[4]["label"] == ""
+    assert rows[4]["error"] == "image file is empty"
+    images = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert [r["status"] for r in images] == [r["status"] for r in rows]
+    # on the console: one line per image, each naming it once; every file read -> exit 0
+    assert main(["predict", str(d / "a_face.jpg"), str(d / "c_wall.jpg"), "--detector", "haar", "-q"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.splitlines()[1] == f"{d / 'c_wall.jpg'}: no face found"
+    assert cap.err.strip() == "2 image(s): 1 with faces, 1 without, 0 unreadable"
+    assert main(["predict", str(d / "e_empty.png"), "--detector", "haar", "-q"]) == 1
+    assert capsys.readouterr().out.strip() == f"{d / 'e_empty.png'}: image file is empty"
+
+
+def test_predict_and_batch_state_one_exit_status_rule(capsys):
+    from emolens.cli import EXIT_STATUS
+
+    for command in (["predict", "x"], ["batch", "x", "--out", "o"]):
+        assert main([*command[:1], "--help"]) == 0
+        assert " ".join(EXIT_STATUS.split()) in " ".join(capsys.readouterr().out.split())

@@ -329,7 +329,9 @@ def test_predict_images_odd_formats(classifier, tmp_path):
         r["file"].split("/")[-1]: r
         for r in predict_images(pipe, expand_inputs([tmp_path]), progress=False, annotate=tmp_path / "ann")
     }
-    assert "broken.jpg" in recs["broken.jpg"]["error"] and recs["broken.jpg"]["faces"] == []
+    broken = recs["broken.jpg"]
+    assert (broken["status"], broken["faces"]) == ("error", []) and "not a readable image" in broken["error"]
+    assert "broken.jpg" not in broken["error"]  # the record names the file once, in "file"
     for name in ("grey.png", "rgba.png", "deep.png", "huge.jpg"):
         assert [f["label"] for f in recs[name]["faces"]] == ["happiness"], name
     assert (tmp_path / "ann" / "huge_emolens.jpg").is_file()

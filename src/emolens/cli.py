@@ -226,7 +226,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .live.images import expand_inputs, predict_images
+    from .live.images import ERROR, FACES, expand_inputs, predict_images
 
     pipe = _pipeline(a)
     paths = expand_inputs(a.inputs)
@@ -236,27 +236,30 @@ def cmd_predict(a: argparse.Namespace) -> int:
     jl = open(partial, "w", encoding="utf-8") if partial else None
     cf = open(a.csv, "w", newline="", encoding="utf-8") if a.csv else None
     w = csv.writer(cf) if cf else None
+    columns = ["file", "status", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes]]
     if w:
-        w.writerow(
-            ["file", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes], "error"]
-        )
-    n = bad = n_faces = 0
+        w.writerow([*columns, "error"])
+    count = dict.fromkeys((FACES, ERROR), 0)
+    n = 0
     try:
         for rec in predict_images(pipe, paths, whole_image=a.whole_image, annotate=a.annotate, progress=not a.quiet):
-            n, bad, n_faces = n + 1, bad + ("error" in rec), n_faces + len(rec["faces"])
+            n += 1
+            count[rec["status"]] = count.get(rec["status"], 0) + 1
             if jl:
                 jl.write(json.dumps(rec) + "\n")
                 jl.flush()
-            if w:
+            if w:  # one row per face; an image without faces, or not read, gets one row that says so
                 for k, face in enumerate(rec["faces"]):
                     row = [*face["box"].values(), face["label"], face["confidence"], *face["probs"].values()]
-                    w.writerow([rec["file"], k, *row, ""])
-                if "error" in rec:
-                    w.writerow([rec["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), rec["error"]])
+                    w.writerow([rec["file"], rec["status"], k, *row, ""])
+                if not rec["faces"]:
+                    w.writerow([rec["file"], rec["status"], *[""] * (len(columns) - 2), rec.get("error", "")])
                 cf.flush()
-            if not (a.json or a.csv):
+            if not (a.json or a.csv):  # results on stdout, one line per image
                 faces = ", ".join(f"{f['label']} {100 * f['confidence']:.0f}%" for f in rec["faces"])
-                print(f"{rec['file']}: {faces or rec.get('error') or 'no face'}")
+                print(f"{rec['file']}: {faces or rec.get('error') or rec['status']}")
+            elif rec["status"] == ERROR:  # results go to the files; the images not read are named here too
+                print(f"{rec['file']}: {rec['error']}", file=sys.stderr)
     finally:
         if cf:
             cf.close()
@@ -268,8 +271,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
         tmp.write_text(json.dumps({"classes": pipe.classes, "images": records}, indent=1), encoding="utf-8")
         os.replace(tmp, a.json)
         partial.unlink()
-    print(f"{n} image(s), {n_faces} face(s), {bad} unreadable", file=sys.stderr)
-    return 1 if bad == n else 0
+    bad = count[ERROR]
+    print(
+        f"{n} image(s): {count[FACES]} with faces, {n - count[FACES] - bad} without, {bad} unreadable", file=sys.stderr
+    )
+    return 1 if bad else 0
 
 
 def cmd_live(a: argparse.Namespace) -> int:
@@ -327,8 +333,13 @@ def cmd_batch(a: argparse.Namespace) -> int:
 
     opts = batch_options(a)
     r = run_batch(a.inputs, opts)
+    read, with_faces, bad = r["table_files"], r["table_with_faces"], r["table_failed"]
     print(
-        f"{r['files']} file(s): {r['processed']} analysed now, {r['skipped']} already done; "
+        f"{r['files']} file(s): {with_faces} with faces, {read - with_faces} without, {bad} unreadable; "
+        f"{r['processed']} analysed now, {r['skipped']} already done",
+        file=sys.stderr,
+    )
+    print(
         f"{r['frames']} frames, {r['faces']} faces in {r['work_seconds']:.1f} s "
         f"({r['frames_per_s']:.1f} frames/s, {r['executor']})",
         file=sys.stderr,
@@ -338,7 +349,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
         f"{r['out']['failures']} ({r['table_failed']} failed)",
         file=sys.stderr,
     )
-    return 1 if r["table_failed"] and not r["table_files"] else 0
+    return 1 if bad else 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -476,6 +487,13 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)
 
 
+#: The exit status rule of ``predict`` and ``batch`` (in their --help).
+EXIT_STATUS = (
+    "Exit status: 0 when every file was read (with or without faces), 1 when any could not be, "
+    "2 for a refused option or a setup problem."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -554,7 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     _limited(av, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
     av.set_defaults(func=cmd_average)
 
-    pr = sub.add_parser("predict", help="emotions of every face in images or folders")
+    pr = sub.add_parser(
+        "predict",
+        help="emotions of every face in images or folders",
+        epilog="Every image gets a result (a --csv row, a --json record, a line): its faces, 'no face found', or "
+        f"why it could not be read; the run ends with the counts. {EXIT_STATUS}",
+    )
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")
     pr.add_argument("--json", help="write all results to this JSON file")
     pr.add_argument("--csv", help="write one row per face to this CSV file")
@@ -583,7 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     lv.set_defaults(func=cmd_live)
 
     ba = sub.add_parser(
-        "batch", help="whole collections of videos and photos: one results table, resumable, optionally on Ray"
+        "batch",
+        help="whole collections of videos and photos: one results table, resumable, optionally on Ray",
+        epilog="Every file gets a row: in files.parquet (with or without faces) or in failures.parquet (why it "
+        f"could not be read); the run ends with the counts. {EXIT_STATUS}",
     )
     ba.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
     ba.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")

@@ -279,6 +279,8 @@ def run_batch(
                     frames += r.record.get("frames", 0)
                     faces += r.record.get("faces", 0)
                     failed += not r.ok
+                    if not r.ok:  # named as it happens (and in the failures table)
+                        bar.write(r.record["error"], file=sys.stderr)
                     bar.update(expected[r.file.path])
                 n_done += len(out)
                 rate = faces / max(time.perf_counter() - t_work, 1e-9)
@@ -303,6 +305,7 @@ def run_batch(
         "work_seconds": round(work_s, 3),
         "frames_per_s": round(frames / max(work_s, 1e-9), 2),
         "table_files": merged["files"],
+        "table_with_faces": merged["with_faces"],
         "table_failed": merged["failed"],
         "table_faces": merged["faces"],
         "out": {k: str(v) for k, v in merged["paths"].items()},
