@@ -17,7 +17,11 @@ def test_models_lists_registry(capsys):
         assert name in out
 
 
-def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys):
+def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys, monkeypatch):
+    from emolens.live import render
+
+    fps_drawn = []
+    monkeypatch.setattr(render, "draw_fps", lambda frame, fps: fps_drawn.append(fps) or frame)
     rc = main(
         [
             "live",
@@ -35,11 +39,31 @@ def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    brief = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    brief = json.loads(out.strip().splitlines()[-1])
     assert brief["frames_read"] == 75 and set(brief["tracks"].values()) == {"happiness"}
     rows = list(csv.DictReader(open(tmp_path / "faces.csv")))
     assert len(rows) >= 75 * 3 * 0.9 and (tmp_path / "out.mp4").stat().st_size > 10_000
     assert json.loads((tmp_path / "sum" / "summary.json").read_text())["frames"] == 75
+    # the sample clip is written beside the outputs, and its path printed
+    clip = tmp_path / "emolens_sample.mp4"
+    assert clip.stat().st_size > 10_000 and f"sample clip (made from the bundled face): {clip}" in err
+    assert fps_drawn == []  # no FPS counter burned into the saved video
+
+
+def test_draw_fps_burns_the_counter_into_the_video_and_the_sample_clip_goes_to_the_cache(tmp_path, monkeypatch):
+    from emolens.live import render
+
+    fps_drawn = []
+    monkeypatch.setattr(render, "draw_fps", lambda frame, fps: fps_drawn.append(fps) or frame)
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    args = ["live", "--source", "sample", "--detector", "haar", "--max-frames", "3", "-q"]
+    assert main([*args, "--output", "emolens_sample.mp4", "--draw-fps"]) == 0
+    assert len(fps_drawn) == 3
+    assert (tmp_path / "cache" / "emolens_sample.mp4").is_file()  # not over the output of the same name
+    assert main(args) == 0  # no outputs: the cache folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "emolens_sample.mp4"]
 
 
 def test_predict_folder_json_csv(tmp_path):

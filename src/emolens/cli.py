@@ -285,8 +285,8 @@ def cmd_live(a: argparse.Namespace) -> int:
     if source == "sample":
         from .live.synthetic import sample_video
 
-        source = str(sample_video())
-        print(f"bundled sample clip: {source}", file=sys.stderr)
+        source = str(sample_video(_sample_path(a)))
+        print(f"sample clip (made from the bundled face): {source}", file=sys.stderr)
     pipe = _pipeline(a)
     summary = pipe.run(
         source,
@@ -296,6 +296,7 @@ def cmd_live(a: argparse.Namespace) -> int:
         every=a.every,
         max_frames=a.max_frames,
         bars=a.bars,
+        draw_fps=a.draw_fps,
         summary_dir=a.summary,
         progress=not a.quiet,
     )
@@ -305,6 +306,23 @@ def cmd_live(a: argparse.Namespace) -> int:
     brief["tracks"] = {t: v["dominant"] for t, v in summary["tracks"].items()}
     print(json.dumps(brief))
     return 0
+
+
+def _sample_path(a: argparse.Namespace):
+    """Where ``live --source sample`` writes its clip: beside the run's first output (``--output``, ``--csv``,
+    ``--jsonl``, in ``--summary``), else in the cache folder."""
+    from pathlib import Path
+
+    from .data.cache import default_cache_dir
+    from .live.synthetic import SAMPLE_NAME
+
+    outputs = [Path(p) for p in (a.output, a.csv, a.jsonl) if p]
+    folders = [p.parent for p in outputs] + ([Path(a.summary)] if a.summary else [])
+    path = (folders[0] if folders else default_cache_dir()) / SAMPLE_NAME
+    if any(path.resolve() == p.resolve() for p in outputs):  # an output of that name: keep the two apart
+        path = default_cache_dir() / SAMPLE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def batch_options(a: argparse.Namespace):
@@ -602,6 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _limited(lv, "--max-frames", STREAM["max_frames"], "stop after this many frames")
     lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
+    lv.add_argument(
+        "--draw-fps",
+        action="store_true",
+        help="burn the FPS counter into --output too (by default only the --show window has it)",
+    )
     _add_pipeline_flags(lv)
     lv.set_defaults(func=cmd_live)
 
