@@ -126,7 +126,7 @@ def test_batch_equals_live_and_predict(collection, in_process, tmp_path):
             assert [faces[f"p_{c}"][i] for c in classes] == pytest.approx(want, abs=1e-4)
             assert [faces[k][i] for k in "xywh"] == pytest.approx([float(row[k]) for k in "xywh"], abs=0.051)
     out = tmp_path / "predict.json"
-    assert main(["predict", str(collection / "photos"), "--json", str(out), *_pipeline_flags()]) == 0
+    assert main(["predict", str(collection / "photos"), "--json", str(out), *_pipeline_flags()]) == 1  # truncated.png
     n = 0
     for rec in json.loads(out.read_text())["images"]:
         mine = [i for i, f in enumerate(faces["file"]) if f == rec["file"]]
@@ -198,7 +198,7 @@ def test_killed_run_resumes_without_redoing_finished_files(collection, tmp_path)
     finished = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.json")}
     assert len(finished) >= 3
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # (broken.mp4 and truncated.png are unreadable)
     assert f"{len(finished)} already done" in done.stderr
     for name, mtime in finished.items():
         assert (out / "parts" / name).stat().st_mtime_ns == mtime
@@ -207,6 +207,25 @@ def test_killed_run_resumes_without_redoing_finished_files(collection, tmp_path)
     fresh = tmp_path / "fresh"
     run_batch([collection], BatchOptions(out=fresh, settings=_settings(), ray="none", progress=False))
     assert _table(out / "faces.parquet") == _table(fresh / "faces.parquet")
+
+
+def test_batch_accounts_for_every_file_like_predict(tmp_path, capsys):
+    """Faces, none, a 0-byte file and a text file named .jpg: each file in a table, counted, named once, exit 1."""
+    from test_cli import _mixed_folder
+
+    d = _mixed_folder(tmp_path / "mixed")
+    args = ["batch", str(d), "--out", str(tmp_path / "out"), "--ray", "none", "--detector", "haar", "--threads", "1"]
+    assert main([*args, "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ")[1] for line in err[:2]] == [str(d / "e_empty.png"), str(d / "f_notes.jpg")]
+    assert err[2] == "6 file(s): 2 with faces, 2 without, 2 unreadable; 6 analysed now, 0 already done", err
+    files, failures = _table(tmp_path / "out" / "files.parquet"), _table(tmp_path / "out" / "failures.parquet")
+    assert [Path(f).name for f in files["file"]] == ["a_face.jpg", "b_face.png", "c_wall.jpg", "d_grey.png"]
+    assert files["faces"] == [1, 1, 0, 0]
+    assert [Path(f).name for f in failures["file"]] == ["e_empty.png", "f_notes.jpg"]
+    assert all(e.count(f) == 1 for f, e in zip(failures["file"], failures["error"], strict=True))
+    assert main(args[:-4] + ["--detector", "haar", "--threads", "1", "-q", "--csv"]) == 1  # nothing new: same rule
+    assert capsys.readouterr().err.startswith("6 file(s): 2 with faces, 2 without, 2 unreadable; 0 analysed now")
 
 
 def test_batch_flags_reach_the_options():

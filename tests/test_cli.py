@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import cv2
@@ -16,7 +17,11 @@ def test_models_lists_registry(capsys):
         assert name in out
 
 
-def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys):
+def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys, monkeypatch):
+    from emolens.live import render
+
+    fps_drawn = []
+    monkeypatch.setattr(render, "draw_fps", lambda frame, fps: fps_drawn.append(fps) or frame)
     rc = main(
         [
             "live",
@@ -34,11 +39,31 @@ def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    brief = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    brief = json.loads(out.strip().splitlines()[-1])
     assert brief["frames_read"] == 75 and set(brief["tracks"].values()) == {"happiness"}
     rows = list(csv.DictReader(open(tmp_path / "faces.csv")))
     assert len(rows) >= 75 * 3 * 0.9 and (tmp_path / "out.mp4").stat().st_size > 10_000
     assert json.loads((tmp_path / "sum" / "summary.json").read_text())["frames"] == 75
+    # the sample clip is written beside the outputs, and its path printed
+    clip = tmp_path / "emolens_sample.mp4"
+    assert clip.stat().st_size > 10_000 and f"sample clip (made from the bundled face): {clip}" in err
+    assert fps_drawn == []  # no FPS counter burned into the saved video
+
+
+def test_draw_fps_burns_the_counter_into_the_video_and_the_sample_clip_goes_to_the_cache(tmp_path, monkeypatch):
+    from emolens.live import render
+
+    fps_drawn = []
+    monkeypatch.setattr(render, "draw_fps", lambda frame, fps: fps_drawn.append(fps) or frame)
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    args = ["live", "--source", "sample", "--detector", "haar", "--max-frames", "3", "-q"]
+    assert main([*args, "--output", "emolens_sample.mp4", "--draw-fps"]) == 0
+    assert len(fps_drawn) == 3
+    assert (tmp_path / "cache" / "emolens_sample.mp4").is_file()  # not over the output of the same name
+    assert main(args) == 0  # no outputs: the cache folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "emolens_sample.mp4"]
 
 
 def test_predict_folder_json_csv(tmp_path):
@@ -124,8 +149,8 @@ def test_bad_input_exits_2_with_named_error(args, message, capsys):
     "args,message",
     [
         (["train", "--root", "x", "--model", "nope", "--out", "{tmp}/r"], "unknown model 'nope'"),
-        (["train", "--root", "{tmp}", "--dataset", "nope", "--out", "{tmp}/r2"], "unknown dataset kind 'nope'"),
-        (["train", "--root", "x", "--optimizer", "adam", "--out", "{tmp}/r3"], "optimizer='adam'"),
+        (["train", "--root", "{tmp}", "--dataset", "nope", "--out", "{tmp}/r2"], "--dataset must be one of ferplus,"),
+        (["train", "--root", "x", "--optimizer", "adam", "--out", "{tmp}/r3"], "--optimizer must be one of adamw, sgd"),
         (["train", "--out", "{tmp}/r4"], "--root is required"),
         (["evaluate", "--dataset", "folder", "--root", "{tmp}/none"], "dataset root not found"),
         (["predict", "{tmp}/missing.jpg"], "no such file or folder"),
@@ -269,9 +294,10 @@ def test_predict_keeps_going_and_keeps_results(tmp_path, monkeypatch, capsys):
         "--csv",
         str(tmp_path / "r.csv"),
     ]
-    assert main([*args, "--annotate", str(tmp_path / "ann")]) == 0
+    assert main([*args, "--annotate", str(tmp_path / "ann")]) == 1  # one image could not be analysed
     res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["images"]
     assert [len(r["faces"]) for r in res] == [1, 1, 0, 1]
+    assert [r["status"] for r in res] == ["faces", "faces", "error", "faces"]
     assert "caf\ufffd.jpg" in res[1]["file"] and "OverflowError" in res[2]["error"]
     assert len(list((tmp_path / "ann").iterdir())) == 3
     assert not (tmp_path / "r.json.partial.jsonl").exists()
@@ -327,7 +353,7 @@ def test_export_without_onnx_and_unknown_split_are_one_line_errors(tmp_path, mon
     root = make_folder_dataset(tmp_path / "d", per_class=4, size=32)
     assert main(["evaluate", "--dataset", "folder", "--root", str(root), "--split", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown split 'nope'" in err[0]
+    assert err == ["emolens evaluate: error: --split must be one of train, val, test (got 'nope')"]
 
 
 def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
@@ -340,3 +366,218 @@ def test_run_config_records_absolute_data_paths(tmp_path, monkeypatch):
     assert cfg["root"] == str(tmp_path / "d") and cfg["extra_data"] == [f"folder={tmp_path / 'd'}*2"]
     monkeypatch.chdir(tmp_path / "d")  # resume from elsewhere: the data is still found
     assert main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--root", "."]) == 0
+
+
+# ------------------------------------------------------------------ every option value checked as it is parsed
+#: What each command needs besides the flag under test.
+REQUIRED = {
+    "live": [],
+    "predict": ["x.jpg"],
+    "batch": ["x/", "--out", "o"],
+    "serve": [],
+    "train": [],
+    "evaluate": ["--dataset", "folder", "--root", "."],
+}
+#: Flags whose values are free text (files, folders, names, addresses, keys): checked when used, each with a
+#: one-line error (test_bad_input_exits_2_with_named_error, test_user_errors_are_one_line_and_exit_2).
+FREE_TEXT = {
+    "--source", "--output", "--csv", "--jsonl", "--summary", "--checkpoint", "--onnx", "--detector-model",
+    "--json", "--annotate", "--out", "--host", "--data-dir", "--api-key", "--allow-origin", "--allowed-host",
+    "--config", "--root", "--extra-data", "--model", "--weights", "--init", "--teacher",
+}  # fmt: skip
+
+
+def _options(command: str):
+    from emolens.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return [a for a in sub.choices[command]._actions if a.option_strings and a.nargs != 0 and a.dest != "help"]
+
+
+def _bad_cases():
+    for command in REQUIRED:
+        for action in _options(command):
+            limit = getattr(action.type, "limit", None)
+            for bad in limit.bad_values() if limit else ():
+                yield pytest.param(command, action.option_strings[-1], bad, id=f"{command} {action.dest} {bad}")
+
+
+def test_every_value_flag_is_checked_and_says_its_range():
+    """Each option that takes a value either is checked as it is parsed (its range in --help) or is free text."""
+    from emolens.options import OneOf
+
+    for command in REQUIRED:
+        for action in _options(command):
+            flag = action.option_strings[-1]
+            limit = getattr(action.type, "limit", None)
+            if limit is None:
+                assert flag in FREE_TEXT, f"emolens {command} {flag}: no range and not listed as free text"
+            elif isinstance(limit, OneOf):
+                assert list(action.choices) == [v for v in limit.values if v is not None], (command, flag)
+            else:
+                assert limit.describe() in action.help, (command, flag, action.help)
+
+
+@pytest.mark.parametrize("command,flag,bad", list(_bad_cases()))
+def test_a_refused_value_is_one_line_and_exit_2(command, flag, bad, capsys):
+    assert main([command, *REQUIRED[command], flag, bad]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"emolens {command}: error: {flag} must be ") and lines[0].endswith(")"), lines
+
+
+def test_refusals_read_as_documented(capsys):
+    for args, line in [
+        (["live", "--every", "0"], "emolens live: error: --every must be >= 1 (got 0)"),
+        (["live", "--smooth", "window", "--window", "0"], "emolens live: error: --window must be >= 1 (got 0)"),
+        (["predict", "a.jpg", "--margin", "-3"], "emolens predict: error: --margin must be >= 0 and <= 1 (got -3)"),
+        (["batch", "a/", "--out", "o", "--every", "-1"], "emolens batch: error: --every must be >= 1 (got -1)"),
+        (["live", "--alpha", "7"], "emolens live: error: --alpha must be > 0 and <= 1 (got 7)"),
+        (["train", "--epochs", "x"], "emolens train: error: --epochs must be an integer >= 1 (got 'x')"),
+    ]:
+        assert main(args) == 2
+        assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_python_entry_points_share_the_checks(tmp_path):
+    import emolens
+    from emolens.batch import BatchOptions
+    from emolens.live.settings import PipelineSettings
+    from emolens.live.smoothing import Smoother
+    from emolens.options import PIPELINE, SERVE
+    from emolens.training.config import LIMITS, TrainConfig
+
+    with pytest.raises(ValueError, match=r"^margin must be >= 0 and <= 1 \(got -3\)$"):
+        emolens.load_model(margin=-3)  # refused before any model is loaded
+    with pytest.raises(ValueError, match=r"^window must be >= 1 \(got 0\)$"):
+        PipelineSettings(smooth="window", window=0)
+    with pytest.raises(ValueError, match="^window must be"):
+        Smoother("window", window=0)
+    with pytest.raises(ValueError, match=r"^every must be >= 1 \(got 0\)$"):
+        emolens.stream("clip.mp4", every=0)
+    with pytest.raises(ValueError, match="^every must be >= 1"):
+        BatchOptions(out=tmp_path, every=0)
+    with pytest.raises(ValueError, match=r"^epochs must be >= 1 \(got 0\)$"):
+        TrainConfig(epochs=0).validate()
+    with pytest.raises(ValueError, match="^optimizer must be one of adamw, sgd"):
+        TrainConfig.from_dict({"optimizer": "adam"}).validate()
+    TrainConfig().validate()
+    PipelineSettings(margin=0.2, alpha=1, threads=2, device="cuda:1")
+    assert set(LIMITS) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PIPELINE) <= {f.name for f in dataclasses.fields(PipelineSettings)}
+    pytest.importorskip("fastapi")
+    from emolens.serve import ServeSettings
+
+    assert set(SERVE) <= {f.name for f in dataclasses.fields(ServeSettings)}
+    with pytest.raises(ValueError, match=r"^max_pending must be >= 1 \(got 0\)$"):
+        ServeSettings(max_pending=0)
+
+
+# ------------------------------------------------------------------ a broken install says so
+def _run_with(tmp_path, package: str, body: str, *args: str):
+    """``emolens ARGS`` in a fresh interpreter where ``import PACKAGE`` runs ``body`` (a broken install)."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site-packages" / package
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(body)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])}
+    cmd = [sys.executable, "-m", "emolens.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_torchvision_built_for_another_torch_is_one_line(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.jpg"), sample_face())
+    body = "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    r = _run_with(tmp_path, "torchvision", body, "predict", str(tmp_path / "a.jpg"), "--detector", "haar", "-q")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert err[0].startswith("emolens predict: error: broken install: torchvision ")
+    assert "does not match torch" in err[0] and "pip install --force-reinstall torch torchvision" in err[0]
+
+
+def test_opencv_that_cannot_load_is_one_line(tmp_path):
+    body = "raise ImportError('libGL.so.1: cannot open shared object file: No such file or directory')\n"
+    r = _run_with(tmp_path, "cv2", body, "live", "--source", "sample", "--detector", "haar", "-q")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "broken install: OpenCV (cv2)" in err[0] and "libGL.so.1" in err[0]
+    assert "pip install --force-reinstall opencv-python-headless" in err[0]
+
+
+def test_install_problem_tells_a_broken_install_from_other_errors():
+    from emolens.cli import install_problem
+
+    missing = ModuleNotFoundError("No module named 'torch'", name="torch")
+    assert "torch is not installed; install it: pip install torch torchvision" in install_problem(missing)
+    try:
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as inner:
+            raise ImportError("could not load the model") from inner
+    except ImportError as e:
+        assert "does not match torch" in install_problem(e)  # found on the chain
+    assert install_problem(ModuleNotFoundError("No module named 'onnx'", name="onnx")) is None  # an extra
+    assert install_problem(FileNotFoundError("x.pt")) is None
+    assert install_problem(RuntimeError("CUDA out of memory")) is None
+
+
+# ------------------------------------------------------------------ every input accounted for
+def _mixed_folder(root):
+    """Two photos with a face, two without, a 0-byte PNG and a text file named .jpg."""
+    import numpy as np
+
+    from emolens.live.synthetic import background
+
+    root.mkdir()
+    framed = cv2.copyMakeBorder(sample_face(), 40, 40, 60, 60, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    cv2.imwrite(str(root / "a_face.jpg"), framed)
+    cv2.imwrite(str(root / "b_face.png"), cv2.flip(framed, 1))
+    cv2.imwrite(str(root / "c_wall.jpg"), background((160, 120), seed=3))
+    cv2.imwrite(str(root / "d_grey.png"), np.full((90, 120, 3), 128, np.uint8))
+    (root / "e_empty.png").write_bytes(b"")
+    (root / "f_notes.jpg").write_text("not a photo at all\n")
+    return root
+
+
+def test_predict_accounts_for_every_file(tmp_path, capsys):
+    d = _mixed_folder(tmp_path / "mixed")
+    out = ["--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]
+    assert main(["predict", str(d), "--detector", "haar", "-q", *out]) == 1  # (documented: any unreadable -> 1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "6 image(s): 2 with faces, 2 without, 2 unreadable"
+    assert sorted(err[:-1]) == [
+        f"{d / 'e_empty.png'}: image file is empty",
+        f"{d / 'f_notes.jpg'}: not a readable image (corrupt or unsupported format)",
+    ]  # each unreadable file named once, also when the results go to files
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert [(r["file"].rsplit("/", 1)[1], r["status"]) for r in rows] == [
+        ("a_face.jpg", "faces"),
+        ("b_face.png", "faces"),
+        ("c_wall.jpg", "no face found"),
+        ("d_grey.png", "no face found"),
+        ("e_empty.png", "error"),
+        ("f_notes.jpg", "error"),
+    ]
+    assert rows[0]["label"] == "happiness" and rows[2]["label"] == rows[4]["label"] == ""
+    assert rows[4]["error"] == "image file is empty"
+    images = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert [r["status"] for r in images] == [r["status"] for r in rows]
+    # on the console: one line per image, each naming it once; every file read -> exit 0
+    assert main(["predict", str(d / "a_face.jpg"), str(d / "c_wall.jpg"), "--detector", "haar", "-q"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.splitlines()[1] == f"{d / 'c_wall.jpg'}: no face found"
+    assert cap.err.strip() == "2 image(s): 1 with faces, 1 without, 0 unreadable"
+    assert main(["predict", str(d / "e_empty.png"), "--detector", "haar", "-q"]) == 1
+    assert capsys.readouterr().out.strip() == f"{d / 'e_empty.png'}: image file is empty"
+
+
+def test_predict_and_batch_state_one_exit_status_rule(capsys):
+    from emolens.cli import EXIT_STATUS
+
+    for command in (["predict", "x"], ["batch", "x", "--out", "o"]):
+        assert main([*command[:1], "--help"]) == 0
+        assert " ".join(EXIT_STATUS.split()) in " ".join(capsys.readouterr().out.split())

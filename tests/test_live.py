@@ -323,10 +323,18 @@ def test_truncated_video_ends_early_but_keeps_frames(sample_clip, tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     src = FrameSource(str(cut))
     n = sum(1 for _ in src)
-    assert 5 < n < 40 and src.ended_early and "cut.avi: video ended early" in src.stop_reason
+    assert 5 < n < 40 and src.ended_early and src.stop_reason == f"{cut}: video ended early after {n} of 40 frames"
     mp4 = tmp_path / "cut.mp4"  # emolens' MP4s are fragmented: a cut one still plays up to the cut
-    mp4.write_bytes(sample_clip.read_bytes()[: len(sample_clip.read_bytes()) * 2 // 3])
-    assert 10 <= sum(1 for _ in FrameSource(str(mp4))) < 75
+    full = sample_video(tmp_path / "full.mp4", n_frames=75).read_bytes()
+    for share in (0.5, 0.6):  # its header counts only the fragments left (50 here): the total is not known
+        mp4.write_bytes(full[: int(len(full) * share)])
+        src = FrameSource(str(mp4))
+        n = sum(1 for _ in src)
+        assert 10 <= n < 75 and src.ended_early and not src.total_known
+        assert src.stop_reason == (
+            f"{mp4}: video ended early after {n} frames (the file is cut short; how long the video was is unknown)"
+        )
+    assert FrameSource(str(sample_clip)).total_known is False and FrameSource(str(avi)).total_known
     junk = tmp_path / "junk.mp4"  # bytes that are no video at all: a named error
     junk.write_bytes(b"\x00\x01junk" * 500)
     with pytest.raises(SourceError, match="junk.mp4: cannot open video"):
@@ -345,7 +353,9 @@ def test_predict_images_odd_formats(classifier, tmp_path):
         r["file"].split("/")[-1]: r
         for r in predict_images(pipe, expand_inputs([tmp_path]), progress=False, annotate=tmp_path / "ann")
     }
-    assert "broken.jpg" in recs["broken.jpg"]["error"] and recs["broken.jpg"]["faces"] == []
+    broken = recs["broken.jpg"]
+    assert (broken["status"], broken["faces"]) == ("error", []) and "not a readable image" in broken["error"]
+    assert "broken.jpg" not in broken["error"]  # the record names the file once, in "file"
     for name in ("grey.png", "rgba.png", "deep.png", "huge.jpg"):
         assert [f["label"] for f in recs[name]["faces"]] == ["happiness"], name
     assert (tmp_path / "ann" / "huge_emolens.jpg").is_file()

@@ -107,7 +107,7 @@ def test_checkpoint_mismatch_errors(tiny_root, tmp_path):
 
 
 def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="optimizer='adam'"):
+    with pytest.raises(ValueError, match=r"optimizer must be one of adamw, sgd \(got 'adam'\)"):
         TrainConfig(optimizer="adam").validate()
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({"epochz": 3})
@@ -235,17 +235,19 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     assert rc.returncode == 0, rc.stderr
     assert "as given" in rc.stdout
     # floors: what the split cannot reach is an error that says what it can; a reachable floor is recorded
-    rc = subprocess.run(
+    with pytest.raises(ValueError, match="no prior shift reaches balanced accuracy >= 1.01 with every recall >= 0.2"):
+        rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "never.pt", metric="accuracy", min_bal=1.01,
+                  min_recall=0.2)  # fmt: skip
+    assert not (tmp_path / "never.pt").exists()
+    rc = subprocess.run(  # (a floor above 1 is refused as the flag is parsed)
         [sys.executable, "-m", "emolens.cli", "rebalance", str(run / "best.pt"), "--dataset", "folder"]
-        + ["--root", str(tiny_root), "--metric", "accuracy", "--min-balanced-accuracy", "1.01", "--min-recall", "0.2"]
-        + ["--out", str(tmp_path / "never.pt")],
+        + ["--root", str(tiny_root), "--min-balanced-accuracy", "1.01", "--out", str(tmp_path / "never.pt")],
         capture_output=True,
         text=True,
     )
-    assert (
-        rc.returncode != 0 and "no prior shift reaches balanced accuracy >= 1.01 with every recall >= 0.2" in rc.stderr
+    assert rc.returncode == 2 and rc.stderr == (
+        "emolens rebalance: error: --min-balanced-accuracy must be >= 0 and <= 1 (got 1.01)\n"
     )
-    assert not (tmp_path / "never.pt").exists()
     r3 = rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "fl.pt", metric="accuracy", min_recall=0.5)
     assert next(row for row in r3["table"] if row["tau"] == r3["tau"])["min_recall"] >= 0.5
     assert load_checkpoint(tmp_path / "fl.pt")["prior_shift"]["floors"] == {"balanced_accuracy": 0.0, "min_recall": 0.5}

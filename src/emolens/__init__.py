@@ -31,7 +31,9 @@ def load_model(checkpoint: str | Path | None = None, **settings: Any) -> Pipelin
     """A ready :class:`~emolens.live.pipeline.Pipeline`: the bundled model (or ``checkpoint``) behind a face
     detector, with the same defaults as the CLI and the server. ``settings`` are the fields of
     :class:`~emolens.live.settings.PipelineSettings`: ``detector`` (auto, yunet, haar), ``detector_model``,
-    ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``."""
+    ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``. A value outside
+    its range (:data:`emolens.options.PIPELINE`, the same as the CLI flags') raises :class:`ValueError` before any
+    model is loaded."""
     from .live.settings import PipelineSettings
 
     return PipelineSettings(checkpoint=str(checkpoint) if checkpoint else None, **settings).build()
@@ -75,5 +77,8 @@ def stream(
 ) -> Iterator[FrameResult]:
     """Per-frame results (:class:`~emolens.live.pipeline.FrameResult`) of a video file, camera index,
     stream URL or ``"screen"``, tracked and smoothed, as they are made."""
+    from .options import STREAM, check_values
+
+    check_values(STREAM, every=every, max_frames=max_frames)
     pipe = model if model is not None else load_model()
     return pipe.stream(source, every=every, max_frames=max_frames)

@@ -6,12 +6,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import typing
 
+from .options import BATCH, DATASETS, DEVICE, PIPELINE, PORT, SERVE, SPLIT, STREAM, Limit, OneOf, Range
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``emolens live: error: --every must be >= 1 (got 0)``, exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        # a checked flag's message names the flag itself: "argument --every: --every must be" -> "--every must be"
+        message = re.sub(r"^argument [^:]+: (--\S+ must be )", r"\1", message)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _limited(p: argparse.ArgumentParser, flag: str, limit: Limit, help: str = "", note: str = "", **kw) -> None:
+    """``p.add_argument(flag)`` whose value ``limit`` checks as it is parsed; the range (and ``note``) end the
+    help text."""
+    notes = [note] if note else []
+    if isinstance(limit, OneOf):
+        kw["choices"] = [v for v in limit.values if v is not None]  # --help shows them: {a,b,c}
+    else:
+        notes.insert(0, limit.describe())
+    if notes:
+        help = f"{help} ({'; '.join(notes)})".lstrip()
+    p.add_argument(flag, type=limit.arg_type(flag), help=help, **kw)
+
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    from .training.config import TrainConfig
+    from .training.config import LIMITS, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -21,6 +46,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})")
         elif typing.get_origin(t) is list:
             p.add_argument(flag, nargs="+", default=None, metavar="KIND=ROOT", help="(default: none)")
+        elif f.name in LIMITS:
+            _limited(p, flag, LIMITS[f.name], note=f"default {f.default}", default=None)
         else:
             base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
             p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
@@ -202,7 +229,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .live.images import expand_inputs, predict_images
+    from .live.images import ERROR, FACES, expand_inputs, predict_images
 
     pipe = _pipeline(a)
     paths = expand_inputs(a.inputs)
@@ -212,27 +239,30 @@ def cmd_predict(a: argparse.Namespace) -> int:
     jl = open(partial, "w", encoding="utf-8") if partial else None
     cf = open(a.csv, "w", newline="", encoding="utf-8") if a.csv else None
     w = csv.writer(cf) if cf else None
+    columns = ["file", "status", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes]]
     if w:
-        w.writerow(
-            ["file", "face", "x", "y", "w", "h", "label", "confidence", *[f"p_{c}" for c in pipe.classes], "error"]
-        )
-    n = bad = n_faces = 0
+        w.writerow([*columns, "error"])
+    count = dict.fromkeys((FACES, ERROR), 0)
+    n = 0
     try:
         for rec in predict_images(pipe, paths, whole_image=a.whole_image, annotate=a.annotate, progress=not a.quiet):
-            n, bad, n_faces = n + 1, bad + ("error" in rec), n_faces + len(rec["faces"])
+            n += 1
+            count[rec["status"]] = count.get(rec["status"], 0) + 1
             if jl:
                 jl.write(json.dumps(rec) + "\n")
                 jl.flush()
-            if w:
+            if w:  # one row per face; an image without faces, or not read, gets one row that says so
                 for k, face in enumerate(rec["faces"]):
                     row = [*face["box"].values(), face["label"], face["confidence"], *face["probs"].values()]
-                    w.writerow([rec["file"], k, *row, ""])
-                if "error" in rec:
-                    w.writerow([rec["file"], "", "", "", "", "", "", "", *[""] * len(pipe.classes), rec["error"]])
+                    w.writerow([rec["file"], rec["status"], k, *row, ""])
+                if not rec["faces"]:
+                    w.writerow([rec["file"], rec["status"], *[""] * (len(columns) - 2), rec.get("error", "")])
                 cf.flush()
-            if not (a.json or a.csv):
+            if not (a.json or a.csv):  # results on stdout, one line per image
                 faces = ", ".join(f"{f['label']} {100 * f['confidence']:.0f}%" for f in rec["faces"])
-                print(f"{rec['file']}: {faces or rec.get('error') or 'no face'}")
+                print(f"{rec['file']}: {faces or rec.get('error') or rec['status']}")
+            elif rec["status"] == ERROR:  # results go to the files; the images not read are named here too
+                print(f"{rec['file']}: {rec['error']}", file=sys.stderr)
     finally:
         if cf:
             cf.close()
@@ -244,8 +274,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
         tmp.write_text(json.dumps({"classes": pipe.classes, "images": records}, indent=1), encoding="utf-8")
         os.replace(tmp, a.json)
         partial.unlink()
-    print(f"{n} image(s), {n_faces} face(s), {bad} unreadable", file=sys.stderr)
-    return 1 if bad == n else 0
+    bad = count[ERROR]
+    print(
+        f"{n} image(s): {count[FACES]} with faces, {n - count[FACES] - bad} without, {bad} unreadable", file=sys.stderr
+    )
+    return 1 if bad else 0
 
 
 def cmd_live(a: argparse.Namespace) -> int:
@@ -255,8 +288,8 @@ def cmd_live(a: argparse.Namespace) -> int:
     if source == "sample":
         from .live.synthetic import sample_video
 
-        source = str(sample_video())
-        print(f"bundled sample clip: {source}", file=sys.stderr)
+        source = str(sample_video(_sample_path(a)))
+        print(f"sample clip (made from the bundled face): {source}", file=sys.stderr)
     pipe = _pipeline(a)
     summary = pipe.run(
         source,
@@ -266,6 +299,7 @@ def cmd_live(a: argparse.Namespace) -> int:
         every=a.every,
         max_frames=a.max_frames,
         bars=a.bars,
+        draw_fps=a.draw_fps,
         summary_dir=a.summary,
         progress=not a.quiet,
     )
@@ -275,6 +309,23 @@ def cmd_live(a: argparse.Namespace) -> int:
     brief["tracks"] = {t: v["dominant"] for t, v in summary["tracks"].items()}
     print(json.dumps(brief))
     return 0
+
+
+def _sample_path(a: argparse.Namespace):
+    """Where ``live --source sample`` writes its clip: beside the run's first output (``--output``, ``--csv``,
+    ``--jsonl``, in ``--summary``), else in the cache folder."""
+    from pathlib import Path
+
+    from .data.cache import default_cache_dir
+    from .live.synthetic import SAMPLE_NAME
+
+    outputs = [Path(p) for p in (a.output, a.csv, a.jsonl) if p]
+    folders = [p.parent for p in outputs] + ([Path(a.summary)] if a.summary else [])
+    path = (folders[0] if folders else default_cache_dir()) / SAMPLE_NAME
+    if any(path.resolve() == p.resolve() for p in outputs):  # an output of that name: keep the two apart
+        path = default_cache_dir() / SAMPLE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def batch_options(a: argparse.Namespace):
@@ -303,8 +354,13 @@ def cmd_batch(a: argparse.Namespace) -> int:
 
     opts = batch_options(a)
     r = run_batch(a.inputs, opts)
+    read, with_faces, bad = r["table_files"], r["table_with_faces"], r["table_failed"]
     print(
-        f"{r['files']} file(s): {r['processed']} analysed now, {r['skipped']} already done; "
+        f"{r['files']} file(s): {with_faces} with faces, {read - with_faces} without, {bad} unreadable; "
+        f"{r['processed']} analysed now, {r['skipped']} already done",
+        file=sys.stderr,
+    )
+    print(
         f"{r['frames']} frames, {r['faces']} faces in {r['work_seconds']:.1f} s "
         f"({r['frames_per_s']:.1f} frames/s, {r['executor']})",
         file=sys.stderr,
@@ -314,7 +370,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
         f"{r['out']['failures']} ({r['table_failed']} failed)",
         file=sys.stderr,
     )
-    return 1 if r["table_failed"] and not r["table_files"] else 0
+    return 1 if bad else 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -406,30 +462,34 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     d = PipelineSettings()
     p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled model)")
     p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
-    p.add_argument(
+    _limited(
+        p,
         "--detector",
+        PIPELINE["detector"],
+        "face detector (auto: YuNet, bundled with emolens; Haar only if that model cannot be loaded)",
         default=d.detector,
-        choices=["auto", "yunet", "haar"],
-        help="face detector (auto: YuNet, bundled with emolens; Haar only if that model cannot be loaded)",
     )
     p.add_argument("--detector-model", help="another YuNet ONNX file than the bundled one (or set $EMOLENS_YUNET)")
-    p.add_argument(
+    _limited(
+        p,
         "--margin",
-        type=float,
+        PIPELINE["margin"],
+        "extra context per side around the FER-like face crop the model was trained on, as a share of it "
+        "(0: that crop; 0.1: a 20%% larger side)",
         default=d.margin,
-        help="extra context per side around the FER-like face crop the model was trained on (0: that crop)",
     )
     p.add_argument("--align", action="store_true", help="rotate faces so the eyes are level (YuNet landmarks)")
-    p.add_argument(
+    _limited(
+        p,
         "--tta",
-        default=d.tta,
-        choices=["none", "flip", "shift-flip"],
-        help="average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
+        PIPELINE["tta"],
+        "average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
         "or mirror x four 1.4 px shifts (shift-flip, 10x); for photos more than live video",
+        default=d.tta,
     )
-    p.add_argument("--smooth", default=d.smooth, choices=["ema", "window", "none"], help="temporal smoothing per face")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="EMA weight of the newest frame")
-    p.add_argument("--window", type=int, default=d.window, help="frames averaged by --smooth window")
+    _limited(p, "--smooth", PIPELINE["smooth"], "temporal smoothing per face", default=d.smooth)
+    _limited(p, "--alpha", PIPELINE["alpha"], "EMA weight of the newest frame", default=d.alpha)
+    _limited(p, "--window", PIPELINE["window"], "frames averaged by --smooth window", default=d.window)
     _add_runtime_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -438,19 +498,27 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     from .live.settings import PipelineSettings
 
     d = PipelineSettings()
-    p.add_argument(
+    _limited(
+        p,
         "--threads",
-        type=int,
+        PIPELINE["threads"],
+        "PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
         default=d.threads,
-        help="PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
     )
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:N or auto (cuda if available)")
+    _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)
+
+
+#: The exit status rule of ``predict`` and ``batch`` (in their --help).
+EXIT_STATUS = (
+    "Exit status: 0 when every file was read (with or without faces), 1 when any could not be, "
+    "2 for a refused option or a setup problem."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="emolens", description=__doc__)
+    p = Parser(prog="emolens", description=__doc__)
     p.add_argument("--version", action="version", version=f"emolens {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -463,21 +531,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
     e.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
-    e.add_argument("--dataset", required=True, help="ferplus | fer2013 | affectnet | rafdb | ckplus | sfew | folder")
+    _limited(e, "--dataset", OneOf(*DATASETS), required=True)
     e.add_argument("--root", required=True)
-    e.add_argument("--split", default="test")
+    _limited(e, "--split", SPLIT, default="test")
     e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
-    e.add_argument(
+    _limited(
+        e,
         "--tta",
+        OneOf("flip", "shift-flip"),
+        "test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
+        "mirror x four 1.4 px shifts)",
         nargs="?",
         const="flip",
-        choices=["flip", "shift-flip"],
-        help="test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
-        "mirror x four 1.4 px shifts)",
     )
-    e.add_argument("--protocol", default="paper", help="AffectNet split protocol: paper | official")
-    e.add_argument("--workers", type=int, default=0)
-    e.add_argument("--device", default="cpu")
+    _limited(e, "--protocol", OneOf("paper", "official"), "AffectNet split protocol", default="paper")
+    _limited(e, "--workers", Range(int, 0), "data-loading processes (0: in this process)", default=0)
+    _limited(e, "--device", DEVICE, default="cpu")
     e.set_defaults(func=cmd_evaluate)
 
     rb = sub.add_parser(
@@ -485,26 +554,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="post-hoc prior correction: trade accuracy for rare-class recall, chosen on a validation split",
     )
     rb.add_argument("checkpoint")
-    rb.add_argument("--dataset", required=True)
+    _limited(rb, "--dataset", OneOf(*DATASETS), required=True)
     rb.add_argument("--root", required=True)
     rb.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    rb.add_argument("--split", default="val")
+    _limited(rb, "--split", SPLIT, default="val")
     rb.add_argument(
         "--metric",
         default="acc_bal",
         choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
         help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
     )
-    rb.add_argument(
+    _limited(
+        rb,
         "--min-balanced-accuracy",
-        type=float,
+        Range(float, 0, 1),
+        "only shifts whose balanced accuracy on the split is >= B",
         default=0.0,
         metavar="B",
-        help="only shifts whose balanced accuracy on the split is >= B",
     )
-    rb.add_argument("--min-recall", type=float, default=0.0, metavar="R", help="only shifts with every recall >= R")
-    rb.add_argument(
-        "--tau", type=float, help="fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
+    _limited(rb, "--min-recall", Range(float, 0, 1), "only shifts with every recall >= R", default=0.0, metavar="R")
+    _limited(
+        rb, "--tau", Range(float), "fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
     )
     rb.add_argument("--out", required=True, help="the corrected checkpoint")
     rb.set_defaults(func=cmd_rebalance)
@@ -517,13 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
     av = sub.add_parser("average", help="average the weights of snapshots of one run (SWA): one model, the cost of one")
     av.add_argument("checkpoints", nargs="+")
     av.add_argument("--out", required=True)
-    av.add_argument("--dataset", help="re-measure BatchNorm statistics on this dataset's training split")
+    _limited(av, "--dataset", OneOf(*DATASETS), "re-measure BatchNorm statistics on this dataset's training split")
     av.add_argument("--root")
     av.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    av.add_argument("--bn-samples", type=int, default=8192, help="training faces for the BatchNorm statistics")
+    _limited(av, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
     av.set_defaults(func=cmd_average)
 
-    pr = sub.add_parser("predict", help="emotions of every face in images or folders")
+    pr = sub.add_parser(
+        "predict",
+        help="emotions of every face in images or folders",
+        epilog="Every image gets a result (a --csv row, a --json record, a line): its faces, 'no face found', or "
+        f"why it could not be read; the run ends with the counts. {EXIT_STATUS}",
+    )
     pr.add_argument("inputs", nargs="+", help="image files and/or folders")
     pr.add_argument("--json", help="write all results to this JSON file")
     pr.add_argument("--csv", help="write one row per face to this CSV file")
@@ -539,36 +614,47 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--jsonl", help="the same rows as JSON lines")
     lv.add_argument("--summary", help="folder for summary.json and timeline.png")
     lv.add_argument("--show", action="store_true", help="open a window (where a display exists)")
-    lv.add_argument(
+    _limited(
+        lv,
         "--every",
-        type=int,
+        STREAM["every"],
+        "classify every Nth frame of a file (faces are still detected and tracked on every frame)",
         default=1,
-        help="classify every Nth frame of a file (faces are still detected and tracked on every frame)",
     )
-    lv.add_argument("--max-frames", type=int, help="stop after this many frames")
+    _limited(lv, "--max-frames", STREAM["max_frames"], "stop after this many frames")
     lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
+    lv.add_argument(
+        "--draw-fps",
+        action="store_true",
+        help="burn the FPS counter into --output too (by default only the --show window has it)",
+    )
     _add_pipeline_flags(lv)
     lv.set_defaults(func=cmd_live)
 
     ba = sub.add_parser(
-        "batch", help="whole collections of videos and photos: one results table, resumable, optionally on Ray"
+        "batch",
+        help="whole collections of videos and photos: one results table, resumable, optionally on Ray",
+        epilog="Every file gets a row: in files.parquet (with or without faces) or in failures.parquet (why it "
+        f"could not be read); the run ends with the counts. {EXIT_STATUS}",
     )
     ba.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
     ba.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")
     ba.add_argument("--csv", action="store_true", help="also write the tables as CSV")
-    ba.add_argument(
+    _limited(
+        ba,
         "--ray",
+        BATCH["ray"],
+        "auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
+        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
         default="auto",
         metavar="auto|none|ADDRESS",
-        help="auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
-        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
     )
-    ba.add_argument("--workers", type=int, default=0, help="Ray workers (0: as many as the CPUs allow)")
-    ba.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker")
-    ba.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (0.5: two share one)")
-    ba.add_argument("--every", type=int, default=1, help="classify every Nth video frame (as for live)")
+    _limited(ba, "--workers", BATCH["workers"], "Ray workers (0: as many as the CPUs allow)", default=0)
+    _limited(ba, "--cpus-per-worker", BATCH["cpus_per_worker"], "CPUs reserved per Ray worker", default=1.0)
+    _limited(ba, "--gpus-per-worker", BATCH["gpus_per_worker"], "GPUs per Ray worker (0.5: two share one)", default=0.0)
+    _limited(ba, "--every", BATCH["every"], "classify every Nth video frame (as for live)", default=1)
     ba.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
-    ba.add_argument("--images-per-task", type=int, default=32, help="images analysed (and saved) together")
+    _limited(ba, "--images-per-task", BATCH["images_per_task"], "images analysed (and saved) together", default=32)
     ba.add_argument("--retry-failed", action="store_true", help="try again the files that failed last time")
     _add_pipeline_flags(ba)
     ba.set_defaults(func=cmd_batch)
@@ -577,28 +663,33 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", help="default: the bundled model")
     ex.add_argument("--format", default="onnx", choices=["onnx"])
     ex.add_argument("--output", "-o", default="emolens.onnx")
-    ex.add_argument("--opset", type=int, default=17)
+    _limited(ex, "--opset", Range(int, 7), "ONNX operator set", default=17)
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="HTTP API + web page (browser webcam, uploads)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    sv.add_argument("--port", type=int, default=8000)
+    _limited(sv, "--port", PORT, default=8000)
     sv.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
-    sv.add_argument("--max-image-mb", type=float, default=10.0)
-    sv.add_argument("--max-video-mb", type=float, default=200.0)
-    sv.add_argument("--timeout", type=float, default=20.0, help="per-request time limit (s)")
-    sv.add_argument("--max-jobs", type=int, default=4, help="video jobs that may wait in the queue")
-    sv.add_argument(
+    _limited(sv, "--max-image-mb", SERVE["max_image_mb"], "largest image upload", default=10.0)
+    _limited(sv, "--max-video-mb", SERVE["max_video_mb"], "largest video upload", default=200.0)
+    _limited(sv, "--timeout", SERVE["request_timeout_s"], "per-request time limit (s)", default=20.0)
+    _limited(sv, "--max-jobs", SERVE["max_queued_jobs"], "video jobs that may wait in the queue", default=4)
+    _limited(
+        sv,
         "--max-pending",
-        type=int,
+        SERVE["max_pending"],
+        "image predictions in flight: uploading, waiting or running (503 beyond)",
         default=8,
-        help="image predictions in flight: uploading, waiting or running (503 beyond)",
     )
-    sv.add_argument("--keep-hours", type=float, default=24.0, help="delete finished video jobs after this long")
-    sv.add_argument(
-        "--max-disk-gb", type=float, default=10.0, help="disk quota for video jobs (oldest finished deleted first)"
+    _limited(sv, "--keep-hours", SERVE["keep_hours"], "delete finished video jobs after this long", default=24.0)
+    _limited(
+        sv,
+        "--max-disk-gb",
+        SERVE["max_disk_gb"],
+        "disk quota for video jobs (oldest finished deleted first)",
+        default=10.0,
     )
-    sv.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    _limited(sv, "--workers", SERVE["workers"], "worker processes (each loads the model)", default=1)
     sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
     sv.add_argument(
         "--allow-origin", action="append", metavar="ORIGIN", help="another web origin that may call the API (CORS)"
@@ -618,23 +709,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a refused flag (its one line already printed): the status
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .live.sources import SourceError
-
     try:
         return a.func(a)
-    except (DataError, CheckpointError, SourceError, ValueError, RuntimeError, ImportError, OSError) as e:
-        # user errors (bad values, files, offline downloads, missing extras): one line; -v shows the traceback
-        if a.verbose:
-            raise
-        print(f"emolens {a.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is saved", file=sys.stderr)
         return 130
+    except Exception as e:
+        # a broken install, or a user error (bad values, files, offline downloads, missing extras; DataError,
+        # CheckpointError and SourceError are ValueError/RuntimeError): one line; -v shows the traceback
+        problem = install_problem(e)
+        if a.verbose or (problem is None and not isinstance(e, (ValueError, RuntimeError, ImportError, OSError))):
+            raise
+        print(f"emolens {a.command}: error: {problem or e}", file=sys.stderr)
+        return 2
+
+
+#: Packages (import name -> what to install) without which nothing runs; a failing import of one is reported as
+#: a broken install.
+REQUIRED_PACKAGES = {
+    "torch": "torch torchvision",
+    "torchvision": "torch torchvision",
+    "cv2": "opencv-python-headless",
+    "numpy": "numpy",
+}
+#: PyTorch's CPU-only wheels (a few hundred MB instead of several GB of CUDA ones).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def install_problem(e: BaseException) -> str | None:
+    """One line naming the broken package and the fix when ``e`` (or an exception it was raised from) says the
+    install is broken: torch, torchvision, OpenCV or NumPy failing to import, or a torchvision built for another
+    torch (``operator torchvision::nms does not exist``); ``None`` for any other error."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, RuntimeError) and re.search(r"operator torchvision::\w+ does not exist", first):
+            return (
+                f"broken install: torchvision {_version('torchvision')} does not match torch {_version('torch')} "
+                f"({first}); install a matching pair: pip install --force-reinstall torch torchvision "
+                f"(CPU-only: add --index-url {TORCH_CPU_INDEX})"
+            )
+        package = _failed_import(e)
+        if package:
+            fix, name = REQUIRED_PACKAGES[package], "OpenCV (cv2)" if package == "cv2" else package
+            if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == package:
+                how = f"{name} is not installed; install it: pip install {fix}"
+            else:
+                how = f"{name} {_version(package)} cannot be imported ({type(e).__name__}: {first}); "
+                how += f"reinstall it: pip install --force-reinstall {fix}"
+            if fix.startswith("torch"):
+                how += f" (CPU-only: add --index-url {TORCH_CPU_INDEX})"
+            return f"broken install: {how}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _failed_import(e: BaseException) -> str | None:
+    """The required package whose import raised ``e``: the one named by an ImportError, or the one whose
+    module-level code (in site-packages) is on the traceback of an ImportError/OSError."""
+    import traceback
+    from pathlib import Path
+
+    if not isinstance(e, (ImportError, OSError)):
+        return None
+    if isinstance(e, ImportError) and (e.name or "").split(".")[0] in REQUIRED_PACKAGES:
+        return e.name.split(".")[0]
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        parts = Path(frame.filename).parts
+        if frame.name == "<module>":  # code run by an import (not e.g. torch.load opening a missing file)
+            for marker in ("site-packages", "dist-packages"):
+                if marker in parts[:-1] and parts[parts.index(marker) + 1] in REQUIRED_PACKAGES:
+                    return parts[parts.index(marker) + 1]
+    return None
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["opencv-python-headless", "opencv-python", "opencv-contrib-python"] if package == "cv2" else [package]
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            pass
+    return "(version unknown)"
 
 
 if __name__ == "__main__":

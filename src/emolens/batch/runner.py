@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..live.settings import PipelineSettings
+from ..options import BATCH, check_fields
 from .inputs import MediaFile, discover
 from .store import ResultStore
 from .worker import FileAnalyzer, FileResult, probe_frames
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchOptions:
-    """How a batch runs (the ``emolens batch`` flags)."""
+    """How a batch runs (the ``emolens batch`` flags; values checked against :data:`emolens.options.BATCH`)."""
 
     out: str | Path
     settings: PipelineSettings = field(default_factory=PipelineSettings)
@@ -48,6 +49,9 @@ class BatchOptions:
     csv: bool = False
     max_attempts: int = 3
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, BATCH)
 
 
 class WorkerLost(RuntimeError):
@@ -275,6 +279,8 @@ def run_batch(
                     frames += r.record.get("frames", 0)
                     faces += r.record.get("faces", 0)
                     failed += not r.ok
+                    if not r.ok:  # named as it happens (and in the failures table)
+                        bar.write(r.record["error"], file=sys.stderr)
                     bar.update(expected[r.file.path])
                 n_done += len(out)
                 rate = faces / max(time.perf_counter() - t_work, 1e-9)
@@ -299,6 +305,7 @@ def run_batch(
         "work_seconds": round(work_s, 3),
         "frames_per_s": round(frames / max(work_s, 1e-9), 2),
         "table_files": merged["files"],
+        "table_with_faces": merged["with_faces"],
         "table_failed": merged["failed"],
         "table_faces": merged["faces"],
         "out": {k: str(v) for k, v in merged["paths"].items()},

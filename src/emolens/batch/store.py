@@ -141,7 +141,8 @@ class ResultStore:
     def merge(self, files: list[MediaFile], csv: bool = False) -> dict:
         """Write ``faces``, ``files`` and ``failures`` tables for ``files`` (in their order) from the parts.
 
-        Returns counts and the paths written. Rows are streamed part by part, so memory stays bounded.
+        Returns counts (``files`` read, ``with_faces`` among them, ``failed``, ``faces``) and the paths written.
+        Rows are streamed part by part, so memory stays bounded.
         """
         pa, pq = _require_pyarrow()
         recs = self.records()
@@ -182,7 +183,8 @@ class ResultStore:
                 table = pq.read_table(paths[name])
                 _atomic_write(target, lambda p, t=table: pcsv.write_csv(t, p))
                 paths[f"{name}_csv"] = target
-        return {"files": len(ok), "failed": len(failed), "faces": n_faces, "paths": paths}
+        with_faces = sum(1 for _, r in ok if r[1].get("faces"))
+        return {"files": len(ok), "with_faces": with_faces, "failed": len(failed), "faces": n_faces, "paths": paths}
 
     def _records_table(self, rows: list[dict], kind: str):
         pa, _ = _require_pyarrow()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import CLASSES, CLASSES_7, remap
+from ..options import DATASETS as KINDS
 from .affectnet import affectnet_samples
 from .base import DataError, FaceDataset, Sample, read_image
 from .cache import attach_cache
@@ -23,8 +24,6 @@ from .folder import folder_samples
 from .rafdb import rafdb_samples
 from .sfew import sfew_samples
 from .split import group_split, stratified_split
-
-KINDS = ("ferplus", "fer2013", "affectnet", "rafdb", "ckplus", "sfew", "folder")
 
 
 def dataset_samples(

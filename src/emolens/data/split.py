@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from ..options import SPLITS
 
 
 def stratified_split(

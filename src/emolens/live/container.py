@@ -70,6 +70,41 @@ def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tupl
     return out
 
 
+def fragmented_mp4(path: str | Path) -> bool:
+    """Whether ``path`` is a fragmented MP4 (``moov`` holds an ``mvex`` box: the frames are indexed fragment by
+    fragment, as emolens writes them). Its frame count covers only the fragments in the file, so for a file cut
+    short it is not the length of the whole video."""
+    with open(path, "rb") as f:
+        if sniff(f.read(16)) != "mp4":
+            return False
+        f.seek(0, 2)
+        end = f.tell()
+        f.seek(0)
+        while f.tell() + 8 <= end:
+            start = f.tell()
+            size, kind = struct.unpack(">I4s", f.read(8))
+            header = 8
+            if size == 1:
+                size, header = struct.unpack(">Q", f.read(8))[0], 16
+            elif size == 0:
+                size = end - start
+            if size < header:
+                return False
+            if kind == b"moov":
+                body_end = min(start + size, end)
+                while f.tell() + 8 <= body_end:
+                    at = f.tell()
+                    child, ckind = struct.unpack(">I4s", f.read(8))
+                    if ckind == b"mvex":
+                        return True
+                    if child < 8:
+                        return False
+                    f.seek(at + child)
+                return False
+            f.seek(start + size)
+    return False
+
+
 # -- Matroska / WebM: EBML elements of (variable-length ID, variable-length size) ---------------------------
 _SEGMENT, _TRACKS, _TRACK_ENTRY, _VIDEO = 0x18538067, 0x1654AE6B, 0xAE, 0xE0
 _PIXEL_W, _PIXEL_H, _CLUSTER = 0xB0, 0xBA, 0x1F43B675

@@ -17,6 +17,9 @@ from .render import draw_faces
 
 log = logging.getLogger(__name__)
 
+#: ``status`` of an image record: faces found, none found, or not read/analysed (``error`` says why).
+FACES, NO_FACE, ERROR = "faces", "no face found", "error"
+
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given, plus every image under each folder (recursively, sorted)."""
@@ -48,7 +51,9 @@ def predict_images(
     annotate: str | Path | None = None,
     progress: bool = True,
 ) -> Iterator[dict]:
-    """One record per image: ``{"file", "faces": [...]}`` or ``{"file", "error"}`` for unreadable ones.
+    """One record per image, in order: ``{"file", "status", "width", "height", "faces": [...]}`` with status
+    :data:`FACES` or :data:`NO_FACE`, or ``{"file", "status": ERROR, "error", "faces": []}`` for an image that
+    could not be read or analysed (``error`` says why; the file is named by ``file`` only).
 
     ``whole_image`` skips detection and treats each image as one face (for pre-cropped datasets).
     """
@@ -59,8 +64,7 @@ def predict_images(
         try:
             frame = read_bgr(path)
         except DataError as e:
-            log.warning("%s", e)
-            yield {"file": name, "error": str(e).replace(str(path), name), "faces": []}
+            yield {"file": name, "status": ERROR, "error": _reason(e, path), "faces": []}
             continue
         try:
             results = predict_frame(pipeline, frame, whole_image)
@@ -70,11 +74,12 @@ def predict_images(
                 # written by Python, not OpenCV: any file name the OS allows (also non-UTF-8) works
                 (out_dir / (path.stem + "_emolens.jpg")).write_bytes(buf.tobytes())
         except Exception as e:  # noqa: BLE001 - one odd image must not end a batch: record it and go on
-            log.warning("%s: %s", name, e)
-            yield {"file": name, "error": f"{name}: {type(e).__name__}: {e}", "faces": []}
+            log.debug("%s", name, exc_info=True)
+            yield {"file": name, "status": ERROR, "error": f"{type(e).__name__}: {_reason(e, path)}", "faces": []}
             continue
         yield {
             "file": name,
+            "status": FACES if results else NO_FACE,
             "width": frame.shape[1],
             "height": frame.shape[0],
             "faces": [r.to_record(track=False) for r in results],
@@ -89,6 +94,14 @@ def predict_frame(pipeline: Pipeline, frame: np.ndarray, whole_image: bool = Fal
     results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
     pipeline.reset()
     return results
+
+
+def _reason(e: BaseException, path: Path) -> str:
+    """``e``'s message without the file name it starts with (the record names the file)."""
+    text = str(e)
+    for prefix in (f"{path}: ", f"{display_name(path)}: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 def display_name(path: Path | str) -> str:

@@ -14,10 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..geometry import FER_CROP_SCALE
+from ..options import PIPELINE, STREAM, check_values
+from . import render
 from .classifier import EmotionClassifier
 from .crop import crop_faces
 from .detectors import Face, FaceDetector, create_detector
-from .render import draw_faces, draw_fps
+from .render import draw_faces
 from .smoothing import Smoother
 from .sources import FrameSource
 from .tracker import IoUTracker
@@ -115,7 +117,7 @@ class Pipeline:
         self.detector = detector or create_detector("haar")
         self.smoother = smoother or Smoother()
         self.tracker = tracker or IoUTracker()
-        self.margin, self.align = margin, align
+        self.margin, self.align = PIPELINE["margin"].check("margin", margin), align
         self.timer = StageTimer()
         self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track -> last (smoothed, raw) probabilities
 
@@ -192,6 +194,7 @@ class Pipeline:
         track's last emotion. Closing the generator (or
         breaking out of the loop) releases the source.
         """
+        check_values(STREAM, every=every, max_frames=max_frames)
         src = FrameSource(source, max_frames=max_frames)
         try:
             yield from self.frames(src, every)
@@ -201,6 +204,7 @@ class Pipeline:
     def frames(self, src: FrameSource, every: int = 1) -> Iterator[FrameResult]:
         """Per-frame results of an open :class:`FrameSource` (tracking and smoothing start fresh); the
         caller keeps the source (its ``size``, ``fps``, ``ended_early``) and releases it."""
+        check_values(STREAM, every=every)
         self.reset()
         t_prev = time.perf_counter()
         for i, ts, frame in src:
@@ -218,6 +222,7 @@ class Pipeline:
         every: int = 1,
         max_frames: int | None = None,
         bars: bool = False,
+        draw_fps: bool = False,
         summary_dir: str | Path | None = None,
         progress: bool = True,
         on_frame: Callable[[int, int | None], None] | None = None,
@@ -225,12 +230,14 @@ class Pipeline:
     ) -> dict:
         """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
 
-        Built on :meth:`stream`. ``on_frame(frames_done, frames_expected)`` is called after each frame
-        (progress reporting). ``stop()`` is asked after each frame: a reason string ends the run there, cleanly
-        (files closed, ``stop_reason`` set to it). Rows are flushed every frame and the video writer is
-        released on any error, so work done before a failure is kept. Returns the summary dict (also written
-        as ``summary.json``).
+        Built on :meth:`stream`. The ``show`` window carries an FPS counter; ``draw_fps`` burns it into the
+        ``output`` video too (which otherwise holds the boxes and labels only). ``on_frame(frames_done,
+        frames_expected)`` is called after each frame (progress reporting). ``stop()`` is asked after each frame:
+        a reason string ends the run there, cleanly (files closed, ``stop_reason`` set to it). Rows are flushed
+        every frame and the video writer is released on any error, so work done before a failure is kept.
+        Returns the summary dict (also written as ``summary.json``).
         """
+        check_values(STREAM, every=every, max_frames=max_frames)
         src = FrameSource(source, max_frames=max_frames)
         self.timer = StageTimer()  # stage timings of this run only
         writer = RowWriter(rows, self.classes) if rows else None
@@ -255,7 +262,9 @@ class Pipeline:
                 if output or window:
                     t1 = time.perf_counter()
                     draw_faces(frame, fr.faces, self.classes, bars=bars)
-                    draw_fps(frame, n / max(time.perf_counter() - t_start, 1e-6))
+                    fps_now = n / max(time.perf_counter() - t_start, 1e-6)
+                    if draw_fps:
+                        render.draw_fps(frame, fps_now)
                     self.timer.add("draw", time.perf_counter() - t1)
                 if output:
                     t1 = time.perf_counter()
@@ -265,8 +274,10 @@ class Pipeline:
                         )
                     video.write(frame)
                     self.timer.add("encode", time.perf_counter() - t1)
-                if window:
-                    cv2.imshow(window, frame)
+                if window:  # the window always shows the FPS; the saved video only with draw_fps
+                    cv2.imshow(
+                        window, frame if draw_fps else render.draw_fps(frame.copy() if output else frame, fps_now)
+                    )
                     if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                         break
                 self.timer.add("loop", time.perf_counter() - t0)

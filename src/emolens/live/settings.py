@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from ..options import PIPELINE, check_fields
+
 if TYPE_CHECKING:  # pragma: no cover
     from .classifier import EmotionClassifier
     from .detectors import FaceDetector
@@ -16,7 +18,8 @@ class PipelineSettings:
     """Everything that shapes what a pipeline answers, with the defaults every entry point shares.
 
     ``emolens predict/live/serve`` flags, :func:`emolens.load_model` keywords and ``ServeSettings.pipeline``
-    are this object's fields.
+    are this object's fields. Each value is checked against :data:`emolens.options.PIPELINE` when the object is
+    made (:class:`ValueError` names the field and its range).
     """
 
     checkpoint: str | None = None  # None: the bundled model
@@ -31,6 +34,9 @@ class PipelineSettings:
     tta: str = "none"  # none | flip | shift-flip: average the classifier over views of each face (2x / 10x its cost)
     threads: int = 0  # PyTorch threads; 0: the CPU cores (serve: shared out among its workers)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
+
+    def __post_init__(self) -> None:
+        check_fields(self, PIPELINE)
 
     @classmethod
     def from_namespace(cls, ns: object) -> PipelineSettings:

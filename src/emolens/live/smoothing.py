@@ -6,6 +6,8 @@ from collections import deque
 
 import numpy as np
 
+from ..options import PIPELINE, check_values
+
 
 class Smoother:
     """``mode="ema"``: p_t = alpha * p + (1 - alpha) * p_{t-1}; ``"window"``: mean of the last ``window``
@@ -13,10 +15,7 @@ class Smoother:
     """
 
     def __init__(self, mode: str = "ema", alpha: float = 0.35, window: int = 8) -> None:
-        if mode not in ("ema", "window", "none"):
-            raise ValueError(f"unknown smoothing mode {mode!r}; use ema, window or none")
-        if not 0 < alpha <= 1:
-            raise ValueError("alpha must be in (0, 1]")
+        check_values(PIPELINE, smooth=mode, alpha=alpha, window=window)
         self.mode, self.alpha, self.window = mode, alpha, window
         self._ema: dict[int, np.ndarray] = {}
         self._win: dict[int, deque] = {}

@@ -54,9 +54,15 @@ class FrameSource:
         if not 0 < self.fps < 1000:
             self.fps = 25.0
         self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        #: whether ``expected_frames`` is the length of the whole video (a fragmented MP4 only counts the
+        #: fragments in the file: cut short, its count is not the video's)
+        self.total_known = False
         if not self.live:
+            from .container import fragmented_mp4
+
             n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
             self.expected_frames = n if n > 0 else None
+            self.total_known = self.expected_frames is not None and not fragmented_mp4(self.spec)
 
     def _grab_screen(self) -> np.ndarray:
         img = np.asarray(self._screen.grab(self._screen.monitors[1]))  # BGRA
@@ -72,7 +78,11 @@ class FrameSource:
             if not ok:
                 if self.expected_frames and i < self.expected_frames - 1:
                     self.ended_early = True
-                    self.stop_reason = f"{self.spec}: video ended early after {i} of {self.expected_frames} frames"
+                    self.stop_reason = f"{self.spec}: video ended early after {i} " + (
+                        f"of {self.expected_frames} frames"
+                        if self.total_known
+                        else "frames (the file is cut short; how long the video was is unknown)"
+                    )
                 break
             if frame is None or frame.size == 0:
                 raise SourceError(f"{self.spec}: empty frame at index {i}")

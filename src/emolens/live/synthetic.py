@@ -5,7 +5,6 @@ Used for the bundled sample (``--source sample``), the tracking tests and ``benc
 
 from __future__ import annotations
 
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -87,9 +86,19 @@ def make_clip(
     return truth
 
 
+#: File name of the sample clip that ``emolens live --source sample`` writes.
+SAMPLE_NAME = "emolens_sample.mp4"
+
+
 def sample_video(path: str | Path | None = None, n_frames: int = 75) -> Path:
-    """The bundled demo clip: three copies of the sample face (one mirrored) moving on a background."""
-    path = Path(path) if path else Path(tempfile.gettempdir()) / "emolens_sample.mp4"
+    """The bundled demo clip, written to ``path`` (default: ``emolens_sample.mp4`` in the cache folder,
+    ``$EMOLENS_CACHE`` or ``~/.cache/emolens``): three copies of the sample face (one mirrored) moving on a
+    background."""
+    if path is None:
+        from ..data.cache import default_cache_dir
+
+        path = default_cache_dir() / SAMPLE_NAME
+    path = Path(path)
     face = sample_face()
     make_clip([face, cv2.flip(face, 1), face], path, n_frames=n_frames)
     return path

@@ -26,6 +26,7 @@ from ..live.classifier import default_threads
 from ..live.container import frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
+from ..options import PIPELINE, SERVE, check_fields
 from .jobs import DiskFull, Job, JobQueue, QueueFull
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def _media_type(upload: UploadFile, allowed: set[str], by_ext: dict[str, str]) -
 
 @dataclass
 class ServeSettings:
-    """Limits and locations. Nothing is written outside ``data_dir``."""
+    """Limits and locations. Nothing is written outside ``data_dir``. Limits are checked against
+    :data:`emolens.options.SERVE` when the object is made and again by :func:`create_app`."""
 
     data_dir: Path = Path(tempfile.gettempdir()) / "emolens-serve"
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)  # model, detector, crop, threads...
@@ -84,6 +86,9 @@ class ServeSettings:
     allow_origins: list[str] = field(default_factory=list)  # other web origins that may call the API
     hosts: list[str] = field(default_factory=list)  # Host names besides loopback the server answers ("*": any)
     api_key: str | None = None  # required (X-API-Key header or ?api_key=) when set
+
+    def __post_init__(self) -> None:
+        check_fields(self, SERVE)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -276,6 +281,8 @@ async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """Build the app; the model loads once; requests share one detector under a lock, video jobs have their own."""
     s = settings or ServeSettings()
+    check_fields(s, SERVE)  # (fields may have been changed since it was made)
+    check_fields(s.pipeline, PIPELINE)
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     spool_uploads_in(s.data_dir / "tmp")

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..options import DATASETS, DEVICE, Limit, OneOf, Range, check_fields
+
 
 @dataclass
 class TrainConfig:
@@ -76,27 +78,46 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        choices = {
-            "optimizer": ("adamw", "sgd"),
-            "loss": ("ce", "logit_adjusted"),
-            "schedule": ("cosine", "onecycle", "none"),
-            "augment": ("none", "light", "default"),
-            "select_metric": ("accuracy", "balanced_accuracy", "macro_f1", "loss"),
-            "on_error": ("skip", "raise"),
-            "teacher_views": ("single", "flip", "shift-flip"),
-        }
-        for k, allowed in choices.items():
-            if getattr(self, k) not in allowed:
-                raise ValueError(f"{k}={getattr(self, k)!r}: choose one of {allowed}")
-        if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError("mixup and cutmix are Beta parameters: 0 (off) or > 0")
-        if not 0 <= self.kd_weight <= 1 or self.kd_temperature <= 0:
-            raise ValueError("kd_weight must be in [0, 1] and kd_temperature > 0")
+        """Every field against :data:`LIMITS`, then the rules between fields; :class:`ValueError` names the
+        field."""
+        check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
-        if not 0 <= self.backbone_lr <= 1e3:
-            raise ValueError(f"backbone_lr is a multiplier of lr: >= 0 (got {self.backbone_lr})")
-        if not 0 <= self.head_warmup_epochs < self.epochs:
-            raise ValueError(f"head_warmup_epochs must be in [0, epochs) (got {self.head_warmup_epochs})")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        if self.head_warmup_epochs >= self.epochs:
+            raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
+
+
+#: The allowed values of each :class:`TrainConfig` field with a range or a fixed set: ``emolens train`` flags
+#: check them as they are parsed (and write them into ``--help``), :meth:`TrainConfig.validate` checks a whole
+#: config (one loaded from JSON too). A new field gets its line here. Fields not listed are paths, names
+#: (``model``: the registry, ``emolens models``) and switches.
+LIMITS: dict[str, Limit] = {
+    "dataset": OneOf(*DATASETS),
+    "image_size": Range(int, 16, optional=True),
+    "channels": OneOf(1, 3, None),
+    "protocol": OneOf("paper", "official"),
+    "epochs": Range(int, 1),
+    "batch_size": Range(int, 1),
+    "lr": Range(float, 0, lo_open=True),
+    "weight_decay": Range(float, 0),
+    "optimizer": OneOf("adamw", "sgd"),
+    "schedule": OneOf("cosine", "onecycle", "none"),
+    "warmup_epochs": Range(int, 0),
+    "backbone_lr": Range(float, 0, 1e3),  # multiplier of lr for the backbone
+    "head_warmup_epochs": Range(int, 0),
+    "loss": OneOf("ce", "logit_adjusted"),
+    "la_tau": Range(float, 0),
+    "label_smoothing": Range(float, 0, 1, hi_open=True),
+    "mixup": Range(float, 0),  # Beta(a, a) parameter; 0: off
+    "cutmix": Range(float, 0),
+    "kd_weight": Range(float, 0, 1),
+    "kd_temperature": Range(float, 0, lo_open=True),
+    "teacher_views": OneOf("single", "flip", "shift-flip"),
+    "augment": OneOf("none", "light", "default"),
+    "select_metric": OneOf("accuracy", "balanced_accuracy", "macro_f1", "loss"),
+    "seed": Range(int, 0),
+    "workers": Range(int, 0),
+    "on_error": OneOf("skip", "raise"),
+    "max_samples": Range(int, 1, optional=True),
+    "device": DEVICE,
+}
