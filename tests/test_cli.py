@@ -17,6 +17,34 @@ def test_models_lists_registry(capsys):
         assert name in out
 
 
+def test_every_subcommand_is_one_registered_cmd_function_and_in_help(capsys, monkeypatch):
+    """Each subcommand is one :data:`~emolens.cli.COMMANDS` entry: its ``cmd_*`` function (and every ``cmd_*`` has
+    one), run as its parser's ``func``, and listed with its help line in ``emolens --help``."""
+    import inspect
+    import re
+
+    from emolens import cli
+
+    assert cli.COMMANDS
+    defined = {name for name, f in inspect.getmembers(cli, inspect.isfunction) if name.startswith("cmd_")}
+    assert defined == {c.run.__name__ for c in cli.COMMANDS.values()}, "a cmd_* function that is not a subcommand"
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(cli.COMMANDS)
+    for name, c in cli.COMMANDS.items():
+        assert getattr(cli, "cmd_" + name.replace("-", "_"), None) is c.run, name
+        assert sub.choices[name].get_default("func") is c.run, name
+    monkeypatch.setenv("COLUMNS", "1000")  # help lines unwrapped
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "{" + ",".join(cli.COMMANDS) + "}" in lines[0]
+    listed = {}  # "    train    train a model on a dataset" (a long name: its help on the next line)
+    for i, line in enumerate(lines):
+        if m := re.match(r"^    (\S+)(?: +(.+))?$", line):
+            listed[m[1]] = m[2] or lines[i + 1].strip()
+    assert listed == {name: c.help for name, c in cli.COMMANDS.items()}
+    assert list(listed) == list(cli.COMMANDS)
+
+
 def test_live_on_bundled_sample_writes_video_and_csv(tmp_path, capsys, monkeypatch):
     from emolens.live import render
 

@@ -1,5 +1,11 @@
-"""Command-line interface, one ``cmd_*`` function per subcommand:
-``emolens train|evaluate|rebalance|ensemble|average|predict|live|batch|export|serve|models``."""
+"""Command-line interface: the ``emolens`` command and its subcommands.
+
+Each subcommand is one unit: a ``*_arguments(parser)`` function defining its flags, right above the ``cmd_*``
+function that runs it, which ``@command(name, help, arguments)`` registers in :data:`COMMANDS`;
+:func:`build_parser` makes one subparser per entry, in registration (file) order, and lists them in the
+``--help`` description. Adding a subcommand is writing those two functions. Flags several subcommands share come
+from ``_add_pipeline_flags``, ``_add_runtime_flags``, ``_add_config_flags`` and ``_limited``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import logging
 import re
 import sys
 import typing
+from collections.abc import Callable
 
 from .options import BATCH, DATASETS, DEVICE, PIPELINE, PORT, SERVE, SPLIT, STREAM, Limit, OneOf, Range
 
@@ -51,6 +58,45 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         else:
             base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
             p.add_argument(flag, type=base, default=None, help=f"(default {f.default})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand, ``emolens NAME``: its line in ``emolens --help`` (``help``) and its own help's ``epilog``,
+    the function defining its flags (``arguments(parser)``), its ``cmd_*`` function (``run(namespace)``, the exit
+    status) and ``defaults`` for its namespace beyond those of its flags."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+    defaults: dict = dataclasses.field(default_factory=dict)
+
+
+#: The subcommands by name, in the order of ``emolens --help`` (the order their ``cmd_*`` functions are defined).
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    epilog: str | None = None,
+    defaults: dict | None = None,
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Decorator registering a ``cmd_*`` function as ``emolens NAME`` in :data:`COMMANDS` (the function itself is
+    returned unchanged): ``help`` for ``emolens --help``, ``arguments(parser)`` adding its flags, ``epilog`` ending
+    its own --help, ``defaults`` set on its parser after the flags (they override flag defaults)."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in COMMANDS:
+            raise ValueError(f"emolens {name}: registered twice ({COMMANDS[name].run.__name__}, {run.__name__})")
+        COMMANDS[name] = Command(name, help, arguments, run, epilog, dict(defaults or {}))
+        return run
+
+    return register
 
 
 #: TrainConfig fields a resumed run may not change (the rest: epochs, workers, progress, device, ...).
@@ -107,6 +153,13 @@ def _data_paths(key: str, value):
     return value
 
 
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON config (e.g. a run's config.json); flags override it")
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.pt at the last finished epoch")
+    _add_config_flags(p)
+
+
+@command("train", "train a model on a dataset", train_arguments)
 def cmd_train(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -139,6 +192,27 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
+    _limited(p, "--dataset", OneOf(*DATASETS), required=True)
+    p.add_argument("--root", required=True)
+    _limited(p, "--split", SPLIT, default="test")
+    p.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
+    _limited(
+        p,
+        "--tta",
+        OneOf("flip", "shift-flip"),
+        "test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
+        "mirror x four 1.4 px shifts)",
+        nargs="?",
+        const="flip",
+    )
+    _limited(p, "--protocol", OneOf("paper", "official"), "AffectNet split protocol", default="paper")
+    _limited(p, "--workers", Range(int, 0), "data-loading processes (0: in this process)", default=0)
+    _limited(p, "--device", DEVICE, default="cpu")
+
+
+@command("evaluate", "evaluate a checkpoint: metrics, confusion matrices, plots, report", evaluate_arguments)
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate
     from .live.classifier import default_checkpoint
@@ -163,6 +237,38 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def rebalance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint")
+    _limited(p, "--dataset", OneOf(*DATASETS), required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
+    _limited(p, "--split", SPLIT, default="val")
+    p.add_argument(
+        "--metric",
+        default="acc_bal",
+        choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
+        help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
+    )
+    _limited(
+        p,
+        "--min-balanced-accuracy",
+        Range(float, 0, 1),
+        "only shifts whose balanced accuracy on the split is >= B",
+        default=0.0,
+        metavar="B",
+    )
+    _limited(p, "--min-recall", Range(float, 0, 1), "only shifts with every recall >= R", default=0.0, metavar="R")
+    _limited(
+        p, "--tau", Range(float), "fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
+    )
+    p.add_argument("--out", required=True, help="the corrected checkpoint")
+
+
+@command(
+    "rebalance",
+    "post-hoc prior correction: trade accuracy for rare-class recall, chosen on a validation split",
+    rebalance_arguments,
+)
 def cmd_rebalance(a: argparse.Namespace) -> int:
     from .evaluation.prior import rebalance
 
@@ -192,6 +298,12 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
     return 0
 
 
+def ensemble_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--out", required=True)
+
+
+@command("ensemble", "combine runs of the same model into one checkpoint (mean log-probs)", ensemble_arguments)
 def cmd_ensemble(a: argparse.Namespace) -> int:
     from .checkpoint import ensemble_checkpoints, save_atomic
 
@@ -201,6 +313,16 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
     return 0
 
 
+def average_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--out", required=True)
+    _limited(p, "--dataset", OneOf(*DATASETS), "re-measure BatchNorm statistics on this dataset's training split")
+    p.add_argument("--root")
+    p.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
+    _limited(p, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
+
+
+@command("average", "average the weights of snapshots of one run (SWA): one model, the cost of one", average_arguments)
 def cmd_average(a: argparse.Namespace) -> int:
     from .training.averaging import average
 
@@ -223,6 +345,30 @@ def _pipeline(a: argparse.Namespace):
     return settings.build(detector=det)
 
 
+#: The exit status rule of ``predict`` and ``batch`` (in their --help).
+EXIT_STATUS = (
+    "Exit status: 0 when every file was read (with or without faces), 1 when any could not be, "
+    "2 for a refused option or a setup problem."
+)
+
+
+def predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--json", help="write all results to this JSON file")
+    p.add_argument("--csv", help="write one row per face to this CSV file")
+    p.add_argument("--annotate", help="folder for annotated copies of the images")
+    p.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
+    _add_pipeline_flags(p)
+
+
+@command(
+    "predict",
+    "emotions of every face in images or folders",
+    predict_arguments,
+    epilog="Every image gets a result (a --csv row, a --json record, a line): its faces, 'no face found', or "
+    f"why it could not be read; the run ends with the counts. {EXIT_STATUS}",
+    defaults={"smooth": "none"},
+)
 def cmd_predict(a: argparse.Namespace) -> int:
     import csv
     import json
@@ -281,6 +427,31 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def live_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", default="0", help="camera index, video file, rtsp/http URL, 'screen' or 'sample'")
+    p.add_argument("--output", help="annotated video file (.mp4, .avi)")
+    p.add_argument("--csv", help="per-frame per-face rows (CSV), flushed every frame")
+    p.add_argument("--jsonl", help="the same rows as JSON lines")
+    p.add_argument("--summary", help="folder for summary.json and timeline.png")
+    p.add_argument("--show", action="store_true", help="open a window (where a display exists)")
+    _limited(
+        p,
+        "--every",
+        STREAM["every"],
+        "classify every Nth frame of a file (faces are still detected and tracked on every frame)",
+        default=1,
+    )
+    _limited(p, "--max-frames", STREAM["max_frames"], "stop after this many frames")
+    p.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
+    p.add_argument(
+        "--draw-fps",
+        action="store_true",
+        help="burn the FPS counter into --output too (by default only the --show window has it)",
+    )
+    _add_pipeline_flags(p)
+
+
+@command("live", "webcam, video file, stream or screen: label every face, in real time", live_arguments)
 def cmd_live(a: argparse.Namespace) -> int:
     import json
 
@@ -349,6 +520,36 @@ def batch_options(a: argparse.Namespace):
     )
 
 
+def batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
+    p.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")
+    p.add_argument("--csv", action="store_true", help="also write the tables as CSV")
+    _limited(
+        p,
+        "--ray",
+        BATCH["ray"],
+        "auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
+        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
+        default="auto",
+        metavar="auto|none|ADDRESS",
+    )
+    _limited(p, "--workers", BATCH["workers"], "Ray workers (0: as many as the CPUs allow)", default=0)
+    _limited(p, "--cpus-per-worker", BATCH["cpus_per_worker"], "CPUs reserved per Ray worker", default=1.0)
+    _limited(p, "--gpus-per-worker", BATCH["gpus_per_worker"], "GPUs per Ray worker (0.5: two share one)", default=0.0)
+    _limited(p, "--every", BATCH["every"], "classify every Nth video frame (as for live)", default=1)
+    p.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
+    _limited(p, "--images-per-task", BATCH["images_per_task"], "images analysed (and saved) together", default=32)
+    p.add_argument("--retry-failed", action="store_true", help="try again the files that failed last time")
+    _add_pipeline_flags(p)
+
+
+@command(
+    "batch",
+    "whole collections of videos and photos: one results table, resumable, optionally on Ray",
+    batch_arguments,
+    epilog="Every file gets a row: in files.parquet (with or without faces) or in failures.parquet (why it "
+    f"could not be read); the run ends with the counts. {EXIT_STATUS}",
+)
 def cmd_batch(a: argparse.Namespace) -> int:
     from .batch import run_batch
 
@@ -373,6 +574,14 @@ def cmd_batch(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="default: the bundled model")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--output", "-o", default="emolens.onnx")
+    _limited(p, "--opset", Range(int, 7), "ONNX operator set", default=17)
+
+
+@command("export", "export a checkpoint to ONNX and check it against PyTorch", export_arguments)
 def cmd_export(a: argparse.Namespace) -> int:
     from .export import export_onnx
     from .live.classifier import default_checkpoint
@@ -421,6 +630,44 @@ def serve_settings(a: argparse.Namespace):
     return settings
 
 
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    _limited(p, "--port", PORT, default=8000)
+    p.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
+    _limited(p, "--max-image-mb", SERVE["max_image_mb"], "largest image upload", default=10.0)
+    _limited(p, "--max-video-mb", SERVE["max_video_mb"], "largest video upload", default=200.0)
+    _limited(p, "--timeout", SERVE["request_timeout_s"], "per-request time limit (s)", default=20.0)
+    _limited(p, "--max-jobs", SERVE["max_queued_jobs"], "video jobs that may wait in the queue", default=4)
+    _limited(
+        p,
+        "--max-pending",
+        SERVE["max_pending"],
+        "image predictions in flight: uploading, waiting or running (503 beyond)",
+        default=8,
+    )
+    _limited(p, "--keep-hours", SERVE["keep_hours"], "delete finished video jobs after this long", default=24.0)
+    _limited(
+        p,
+        "--max-disk-gb",
+        SERVE["max_disk_gb"],
+        "disk quota for video jobs (oldest finished deleted first)",
+        default=10.0,
+    )
+    _limited(p, "--workers", SERVE["workers"], "worker processes (each loads the model)", default=1)
+    p.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
+    p.add_argument(
+        "--allow-origin", action="append", metavar="ORIGIN", help="another web origin that may call the API (CORS)"
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name clients use besides localhost (default: none on localhost, any beyond it); '*' for any",
+    )
+    _add_pipeline_flags(p)
+
+
+@command("serve", "HTTP API + web page (browser webcam, uploads)", serve_arguments)
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -447,6 +694,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("models", "list the model registry")
 def cmd_models(a: argparse.Namespace) -> int:
     from . import models
 
@@ -508,203 +756,20 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)
 
 
-#: The exit status rule of ``predict`` and ``batch`` (in their --help).
-EXIT_STATUS = (
-    "Exit status: 0 when every file was read (with or without faces), 1 when any could not be, "
-    "2 for a refused option or a setup problem."
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """``emolens`` and one subparser per :data:`COMMANDS` entry (its flags, and ``func``: its ``cmd_*``)."""
     from . import __version__
 
-    p = Parser(prog="emolens", description=__doc__)
+    description = f"Command-line interface, one ``cmd_*`` function per subcommand: ``emolens {'|'.join(COMMANDS)}``."
+    p = Parser(prog="emolens", description=description)
     p.add_argument("--version", action="version", version=f"emolens {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a model on a dataset")
-    t.add_argument("--config", help="JSON config (e.g. a run's config.json); flags override it")
-    t.add_argument("--resume", action="store_true", help="continue OUT/last.pt at the last finished epoch")
-    _add_config_flags(t)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics, confusion matrices, plots, report")
-    e.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
-    _limited(e, "--dataset", OneOf(*DATASETS), required=True)
-    e.add_argument("--root", required=True)
-    _limited(e, "--split", SPLIT, default="test")
-    e.add_argument("--out", help="folder for metrics.json, CSVs, PNGs and report.md/html")
-    _limited(
-        e,
-        "--tta",
-        OneOf("flip", "shift-flip"),
-        "test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
-        "mirror x four 1.4 px shifts)",
-        nargs="?",
-        const="flip",
-    )
-    _limited(e, "--protocol", OneOf("paper", "official"), "AffectNet split protocol", default="paper")
-    _limited(e, "--workers", Range(int, 0), "data-loading processes (0: in this process)", default=0)
-    _limited(e, "--device", DEVICE, default="cpu")
-    e.set_defaults(func=cmd_evaluate)
-
-    rb = sub.add_parser(
-        "rebalance",
-        help="post-hoc prior correction: trade accuracy for rare-class recall, chosen on a validation split",
-    )
-    rb.add_argument("checkpoint")
-    _limited(rb, "--dataset", OneOf(*DATASETS), required=True)
-    rb.add_argument("--root", required=True)
-    rb.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    _limited(rb, "--split", SPLIT, default="val")
-    rb.add_argument(
-        "--metric",
-        default="acc_bal",
-        choices=["accuracy", "balanced_accuracy", "macro_f1", "acc_bal"],
-        help="what to maximise (acc_bal: mean of accuracy and balanced accuracy)",
-    )
-    _limited(
-        rb,
-        "--min-balanced-accuracy",
-        Range(float, 0, 1),
-        "only shifts whose balanced accuracy on the split is >= B",
-        default=0.0,
-        metavar="B",
-    )
-    _limited(rb, "--min-recall", Range(float, 0, 1), "only shifts with every recall >= R", default=0.0, metavar="R")
-    _limited(
-        rb, "--tau", Range(float), "fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
-    )
-    rb.add_argument("--out", required=True, help="the corrected checkpoint")
-    rb.set_defaults(func=cmd_rebalance)
-
-    en = sub.add_parser("ensemble", help="combine runs of the same model into one checkpoint (mean log-probs)")
-    en.add_argument("checkpoints", nargs="+")
-    en.add_argument("--out", required=True)
-    en.set_defaults(func=cmd_ensemble)
-
-    av = sub.add_parser("average", help="average the weights of snapshots of one run (SWA): one model, the cost of one")
-    av.add_argument("checkpoints", nargs="+")
-    av.add_argument("--out", required=True)
-    _limited(av, "--dataset", OneOf(*DATASETS), "re-measure BatchNorm statistics on this dataset's training split")
-    av.add_argument("--root")
-    av.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    _limited(av, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
-    av.set_defaults(func=cmd_average)
-
-    pr = sub.add_parser(
-        "predict",
-        help="emotions of every face in images or folders",
-        epilog="Every image gets a result (a --csv row, a --json record, a line): its faces, 'no face found', or "
-        f"why it could not be read; the run ends with the counts. {EXIT_STATUS}",
-    )
-    pr.add_argument("inputs", nargs="+", help="image files and/or folders")
-    pr.add_argument("--json", help="write all results to this JSON file")
-    pr.add_argument("--csv", help="write one row per face to this CSV file")
-    pr.add_argument("--annotate", help="folder for annotated copies of the images")
-    pr.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
-    _add_pipeline_flags(pr)
-    pr.set_defaults(func=cmd_predict, smooth="none")
-
-    lv = sub.add_parser("live", help="webcam, video file, stream or screen: label every face, in real time")
-    lv.add_argument("--source", default="0", help="camera index, video file, rtsp/http URL, 'screen' or 'sample'")
-    lv.add_argument("--output", help="annotated video file (.mp4, .avi)")
-    lv.add_argument("--csv", help="per-frame per-face rows (CSV), flushed every frame")
-    lv.add_argument("--jsonl", help="the same rows as JSON lines")
-    lv.add_argument("--summary", help="folder for summary.json and timeline.png")
-    lv.add_argument("--show", action="store_true", help="open a window (where a display exists)")
-    _limited(
-        lv,
-        "--every",
-        STREAM["every"],
-        "classify every Nth frame of a file (faces are still detected and tracked on every frame)",
-        default=1,
-    )
-    _limited(lv, "--max-frames", STREAM["max_frames"], "stop after this many frames")
-    lv.add_argument("--bars", action="store_true", help="draw probability bars next to each face")
-    lv.add_argument(
-        "--draw-fps",
-        action="store_true",
-        help="burn the FPS counter into --output too (by default only the --show window has it)",
-    )
-    _add_pipeline_flags(lv)
-    lv.set_defaults(func=cmd_live)
-
-    ba = sub.add_parser(
-        "batch",
-        help="whole collections of videos and photos: one results table, resumable, optionally on Ray",
-        epilog="Every file gets a row: in files.parquet (with or without faces) or in failures.parquet (why it "
-        f"could not be read); the run ends with the counts. {EXIT_STATUS}",
-    )
-    ba.add_argument("inputs", nargs="+", help="files, folders, glob patterns, or .txt/.csv lists of paths")
-    ba.add_argument("--out", required=True, help="output folder (faces/files/failures.parquet); re-run to resume")
-    ba.add_argument("--csv", action="store_true", help="also write the tables as CSV")
-    _limited(
-        ba,
-        "--ray",
-        BATCH["ray"],
-        "auto: a local Ray instance if Ray is installed, else in-process; none: in-process; "
-        "ADDRESS: an existing cluster (e.g. 10.0.0.5:6379 or ray://host:10001)",
-        default="auto",
-        metavar="auto|none|ADDRESS",
-    )
-    _limited(ba, "--workers", BATCH["workers"], "Ray workers (0: as many as the CPUs allow)", default=0)
-    _limited(ba, "--cpus-per-worker", BATCH["cpus_per_worker"], "CPUs reserved per Ray worker", default=1.0)
-    _limited(ba, "--gpus-per-worker", BATCH["gpus_per_worker"], "GPUs per Ray worker (0.5: two share one)", default=0.0)
-    _limited(ba, "--every", BATCH["every"], "classify every Nth video frame (as for live)", default=1)
-    ba.add_argument("--whole-image", action="store_true", help="images are already face crops: skip detection")
-    _limited(ba, "--images-per-task", BATCH["images_per_task"], "images analysed (and saved) together", default=32)
-    ba.add_argument("--retry-failed", action="store_true", help="try again the files that failed last time")
-    _add_pipeline_flags(ba)
-    ba.set_defaults(func=cmd_batch)
-
-    ex = sub.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
-    ex.add_argument("--checkpoint", help="default: the bundled model")
-    ex.add_argument("--format", default="onnx", choices=["onnx"])
-    ex.add_argument("--output", "-o", default="emolens.onnx")
-    _limited(ex, "--opset", Range(int, 7), "ONNX operator set", default=17)
-    ex.set_defaults(func=cmd_export)
-
-    sv = sub.add_parser("serve", help="HTTP API + web page (browser webcam, uploads)")
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    _limited(sv, "--port", PORT, default=8000)
-    sv.add_argument("--data-dir", help="the only folder the server writes to (uploads, job results)")
-    _limited(sv, "--max-image-mb", SERVE["max_image_mb"], "largest image upload", default=10.0)
-    _limited(sv, "--max-video-mb", SERVE["max_video_mb"], "largest video upload", default=200.0)
-    _limited(sv, "--timeout", SERVE["request_timeout_s"], "per-request time limit (s)", default=20.0)
-    _limited(sv, "--max-jobs", SERVE["max_queued_jobs"], "video jobs that may wait in the queue", default=4)
-    _limited(
-        sv,
-        "--max-pending",
-        SERVE["max_pending"],
-        "image predictions in flight: uploading, waiting or running (503 beyond)",
-        default=8,
-    )
-    _limited(sv, "--keep-hours", SERVE["keep_hours"], "delete finished video jobs after this long", default=24.0)
-    _limited(
-        sv,
-        "--max-disk-gb",
-        SERVE["max_disk_gb"],
-        "disk quota for video jobs (oldest finished deleted first)",
-        default=10.0,
-    )
-    _limited(sv, "--workers", SERVE["workers"], "worker processes (each loads the model)", default=1)
-    sv.add_argument("--api-key", help="require this key (X-API-Key header, ?api_key= for the page and WebSocket)")
-    sv.add_argument(
-        "--allow-origin", action="append", metavar="ORIGIN", help="another web origin that may call the API (CORS)"
-    )
-    sv.add_argument(
-        "--allowed-host",
-        action="append",
-        metavar="NAME",
-        help="a Host name clients use besides localhost (default: none on localhost, any beyond it); '*' for any",
-    )
-    _add_pipeline_flags(sv)
-    sv.set_defaults(func=cmd_serve)
-
-    mo = sub.add_parser("models", help="list the model registry")
-    mo.set_defaults(func=cmd_models)
+    for c in COMMANDS.values():
+        sp = sub.add_parser(c.name, help=c.help, epilog=c.epilog)
+        if c.arguments:
+            c.arguments(sp)
+        sp.set_defaults(func=c.run, **c.defaults)
     return p
 
 
