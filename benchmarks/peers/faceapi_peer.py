@@ -228,28 +228,6 @@ class FaceApiExpression:
         return self.predict_batch(crops), detected
 
 
-def _load_inputs(path: str, rgb: bool = False):
-    import cv2
-
-    with np.load(path, allow_pickle=False) as data:
-        key = "images" if "images" in data else "faces" if "faces" in data else None
-        if key:
-            images = list(data[key])
-            if rgb:
-                images = [im[:, :, ::-1] if im.ndim == 3 and im.shape[2] == 3 else im for im in images]
-        elif "paths" in data:
-            images = []
-            for p in data["paths"]:
-                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-                if img is None:
-                    sys.exit(f"faceapi_peer: cannot read image {p}")
-                images.append(img)
-        else:
-            sys.exit("faceapi_peer: IN.npz needs `images` (or `faces`: uint8 N x H x W[x3]) or `paths`")
-        boxes = data["boxes"] if "boxes" in data else None
-    return images, boxes
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inp", help="IN.npz with `images` or `paths` (optional `boxes`)")
@@ -277,7 +255,10 @@ def main(argv=None):
         from yunet_faces import YuNet
 
         detector = YuNet(args.yunet)
-    images, boxes = _load_inputs(args.inp, args.rgb)
+    sys.path.insert(0, str(HERE))
+    from yunet_faces import load_inputs
+
+    images, boxes, _ = load_inputs(args.inp, args.rgb, "faceapi_peer")
     t0 = time.perf_counter()
     crops, detected, used = model.crops_for(images, detector, boxes, bgr=True)
     probs = model.predict_batch(crops)

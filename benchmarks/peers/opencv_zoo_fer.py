@@ -65,7 +65,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from yunet_faces import YuNet, as_bgr  # noqa: E402
+from yunet_faces import YuNet, as_bgr, load_inputs  # noqa: E402
 
 #: The zoo's output order (``FacialExpressionRecog.getDesc``).
 ZOO_CLASSES = ("angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised")
@@ -187,27 +187,6 @@ class OpenCVZooFER:
         return self.predict_with_info(image_bgr, face_box, landmarks)[0]
 
 
-def _load_inputs(path: str, rgb: bool = False):
-    with np.load(path, allow_pickle=False) as data:
-        key = "images" if "images" in data else "faces" if "faces" in data else None
-        if key:
-            images = list(data[key])
-            if rgb:
-                images = [im[:, :, ::-1] if im.ndim == 3 and im.shape[2] == 3 else im for im in images]
-        elif "paths" in data:
-            images = []
-            for p in data["paths"]:
-                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-                if img is None:
-                    sys.exit(f"opencv_zoo_fer: cannot read image {p}")
-                images.append(img)
-        else:
-            sys.exit("opencv_zoo_fer: IN.npz needs `images` (or `faces`: uint8 N x H x W[x3]) or `paths`")
-        boxes = data["boxes"] if "boxes" in data else None
-        lms = data["landmarks"] if "landmarks" in data else None
-    return images, boxes, lms
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inp", help="IN.npz with `images` or `paths` (optional `boxes`, `landmarks`)")
@@ -221,7 +200,7 @@ def main(argv=None):
         sys.exit("opencv_zoo_fer: give --model and --yunet (or set $EMOLENS_ZOO_FER and $EMOLENS_YUNET)")
     cv2.setNumThreads(args.threads)
 
-    images, boxes, lms = _load_inputs(args.inp, args.rgb)
+    images, boxes, lms = load_inputs(args.inp, args.rgb, "opencv_zoo_fer")
     t0 = time.perf_counter()
     model = OpenCVZooFER(args.model, args.yunet)
     probs = np.zeros((len(images), len(CLASSES)), np.float32)

@@ -142,3 +142,28 @@ class YuNet:
                 return None
             return max(scored, key=lambda s: s[0])[1]
         return max(dets, key=lambda d: d.box[2] * d.box[3])
+
+
+def load_inputs(path: str, rgb: bool = False, who: str = "peer"):
+    """The peers' ``IN.npz``: ``images`` (or ``faces``: uint8 N x H x W[x3], BGR unless ``rgb``) or ``paths``
+    (image files, read as BGR); optional ``boxes`` and ``landmarks``. Returns (images, boxes, landmarks)."""
+    import sys
+
+    with np.load(path, allow_pickle=False) as data:
+        key = "images" if "images" in data else "faces" if "faces" in data else None
+        if key:
+            images = list(data[key])
+            if rgb:
+                images = [im[:, :, ::-1] if im.ndim == 3 and im.shape[2] == 3 else im for im in images]
+        elif "paths" in data:
+            images = []
+            for p in data["paths"]:
+                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                if img is None:
+                    sys.exit(f"{who}: cannot read image {p}")
+                images.append(img)
+        else:
+            sys.exit(f"{who}: IN.npz needs `images` (or `faces`: uint8 N x H x W[x3]) or `paths`")
+        boxes = data["boxes"] if "boxes" in data else None
+        lms = data["landmarks"] if "landmarks" in data else None
+    return images, boxes, lms
