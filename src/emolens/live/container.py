@@ -42,13 +42,11 @@ def frame_size(path: str | Path) -> tuple[int, int] | None:
 _MP4_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"}
 
 
-def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tuple[int, int]]:
-    if end is None:
-        f.seek(0, 2)
-        end = f.tell()
-        f.seek(0)
-    out: list[tuple[int, int]] = []
-    while f.tell() + 8 <= end and depth < 8:
+def _mp4_boxes(f: BinaryIO, end: int, cut_ok: bool = False):
+    """``(start, size, header, kind)`` of each MP4 box from the file position up to ``end``; stops at a damaged
+    box (what was found before it stands), or, with ``cut_ok``, yields a box that runs past ``end`` (a file cut
+    short) with the size that is there. The caller may read inside a box: the walk seeks past it."""
+    while f.tell() + 8 <= end:
         start = f.tell()
         size, kind = struct.unpack(">I4s", f.read(8))
         header = 8
@@ -56,8 +54,27 @@ def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tupl
             size, header = struct.unpack(">Q", f.read(8))[0], 16
         elif size == 0:
             size = end - start
+        if cut_ok and start + size > end >= start + header:
+            size = end - start
         if size < header or start + size > end:
-            break  # damaged: stop here (whatever was found so far stands)
+            return
+        yield start, size, header, kind
+        f.seek(start + size)
+
+
+def _file_end(f: BinaryIO) -> int:
+    f.seek(0, 2)
+    end = f.tell()
+    f.seek(0)
+    return end
+
+
+def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tuple[int, int]]:
+    end = _file_end(f) if end is None else end
+    out: list[tuple[int, int]] = []
+    if depth >= 8:
+        return out
+    for start, size, header, kind in _mp4_boxes(f, end):
         if kind in _MP4_CONTAINERS:
             out += _mp4_sizes(f, start + size, depth + 1)
         elif kind == b"tkhd":
@@ -66,7 +83,6 @@ def _mp4_sizes(f: BinaryIO, end: int | None = None, depth: int = 0) -> list[tupl
             if len(body) >= at + 8:
                 w, h = struct.unpack(">II", body[at : at + 8])
                 out.append((w >> 16, h >> 16))
-        f.seek(start + size)
     return out
 
 
@@ -77,32 +93,11 @@ def fragmented_mp4(path: str | Path) -> bool:
     with open(path, "rb") as f:
         if sniff(f.read(16)) != "mp4":
             return False
-        f.seek(0, 2)
-        end = f.tell()
-        f.seek(0)
-        while f.tell() + 8 <= end:
-            start = f.tell()
-            size, kind = struct.unpack(">I4s", f.read(8))
-            header = 8
-            if size == 1:
-                size, header = struct.unpack(">Q", f.read(8))[0], 16
-            elif size == 0:
-                size = end - start
-            if size < header:
-                return False
+        end = _file_end(f)
+        for start, size, _, kind in _mp4_boxes(f, end, cut_ok=True):
             if kind == b"moov":
-                body_end = min(start + size, end)
-                while f.tell() + 8 <= body_end:
-                    at = f.tell()
-                    child, ckind = struct.unpack(">I4s", f.read(8))
-                    if ckind == b"mvex":
-                        return True
-                    if child < 8:
-                        return False
-                    f.seek(at + child)
-                return False
-            f.seek(start + size)
-    return False
+                return any(k == b"mvex" for *_, k in _mp4_boxes(f, start + size, cut_ok=True))
+        return False
 
 
 # -- Matroska / WebM: EBML elements of (variable-length ID, variable-length size) ---------------------------
