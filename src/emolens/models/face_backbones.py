@@ -11,7 +11,7 @@ statistics) and undo it in a fixed first step, so each backbone sees the pixel s
 The graphs hold BatchNorm folded into the convolutions; here each folded conv is a bias-free
 ``nn.Conv2d`` followed by an ``nn.BatchNorm2d`` whose running statistics are the identity
 (mean 0, variance 1) and whose affine weight/bias hold the folded scale/shift, so that
-``freeze_batchnorm`` fine-tuning (statistics fixed, affine trainable) starts from exactly the original.
+``emolens train --freeze-bn`` fine-tuning (statistics fixed, affine trainable) starts from exactly the original.
 
 TensorFlow's ``SAME`` padding (asymmetric for stride 2 on even sizes) is reproduced, so outputs match
 the original graphs (``tests/test_face_backbones.py`` checks against a reference computed by

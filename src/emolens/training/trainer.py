@@ -311,8 +311,8 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        head_only = epoch < cfg.head_warmup_epochs
-        set_backbone_trainable(self.model, not head_only)
+        if cfg.head_warmup_epochs:  # the first epochs train the new head alone
+            set_backbone_trainable(self.model, epoch >= cfg.head_warmup_epochs)
         loss_sum, correct, n = 0.0, 0, 0
         bar = tqdm(
             self._device_batches() if self.on_device is not None else self.train_loader,
