@@ -492,3 +492,12 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         Trainer(_cfg(tiny_root, tmp_path / "x", image_size=48, teacher=str(tmp_path / "shifted.pt")))
     with pytest.raises(ValueError, match="set teacher"):
         _cfg(tiny_root, tmp_path / "y", teacher_offline=True).validate()
+
+
+def test_head_warmup_is_refused_under_ddp_before_any_process_group(tiny_root, tmp_path, monkeypatch):
+    """DDP's set of trained parameters must not change between epochs, as a head-only warm-up would make it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = _cfg(tiny_root, tmp_path / "run", epochs=2, head_warmup_epochs=1)
+    with pytest.raises(ValueError, match="head_warmup_epochs is not supported with several processes"):
+        Trainer(cfg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -84,8 +83,6 @@ class TrainConfig:
         check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
-        if self.head_warmup_epochs and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("head_warmup_epochs is not supported with several processes (DDP): use 0")
         if self.head_warmup_epochs >= self.epochs:
             raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
 

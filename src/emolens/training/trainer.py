@@ -112,6 +112,8 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_info()
         self.distributed = self.world > 1
+        if self.distributed and cfg.head_warmup_epochs:  # DDP's set of trained parameters must not change
+            raise ValueError("head_warmup_epochs is not supported with several processes (DDP): use 0")
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
             dist.init_process_group(backend)
