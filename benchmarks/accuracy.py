@@ -130,27 +130,26 @@ def _previous_model(commit: str, path: str) -> Path | None:
     return out
 
 
-def _scores(labels, probs, classes) -> dict:
+def _scored(labels, pred, classes) -> dict:
+    """n, accuracy, balanced accuracy, macro-F1 and the recall of each class present, of predictions ``pred``."""
     from emolens.evaluation.metrics import classification_metrics
 
-    m = classification_metrics(labels, probs.argmax(1), classes)
+    m = classification_metrics(labels, pred, classes)
     recall = {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["support"]}
     return {"n": m["n"], **{k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}, "recall": recall}
 
 
+def _scores(labels, probs, classes) -> dict:
+    return _scored(labels, probs.argmax(1), classes)
+
+
 def _user_scores(labels, probs, model_classes: list[str], classes) -> dict:
     """:func:`_scores` of the model's plain argmax over all its classes; a class the dataset lacks is wrong."""
-    from emolens.evaluation.metrics import classification_metrics
-
     names = [model_classes[i] for i in probs.argmax(1)]
     other = len(classes)  # one extra column for answers outside the dataset's classes: never a true label, so
     # it lowers accuracy and recall but is left out of the balanced accuracy's and macro-F1's class averages
     pred = np.array([list(classes).index(n) if n in classes else other for n in names])
-    wrong = pred == other
-    m = classification_metrics(labels, pred, [*classes, "(other)"])
-    recall = {c: round(v["recall"], 3) for c, v in m["per_class"].items() if v["support"]}
-    out = {"n": m["n"], **{k: round(m[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}}
-    return {**out, "recall": recall, "answers_outside_classes": int(wrong.sum())}
+    return {**_scored(labels, pred, [*classes, "(other)"]), "answers_outside_classes": int((pred == other).sum())}
 
 
 def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
@@ -165,7 +164,12 @@ def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
         subprocess.run([python, str(script), f"{d}/in.npz", f"{d}/out.npz"], check=True, capture_output=True)
         out = np.load(Path(d) / "out.npz")
         probs, names = out["probs"], [canonical_name(FER_PEER_CLASSES.get(str(c), str(c))) for c in out["classes"]]
-    full = np.zeros((len(faces), len(classes)), np.float32)
+    return _in_classes(probs, names, classes)
+
+
+def _in_classes(probs: np.ndarray, names: list[str], classes) -> np.ndarray:
+    """A peer's ``probs`` (columns named ``names``) as columns in ``classes`` order; classes it lacks get 0."""
+    full = np.zeros((len(probs), len(classes)), np.float32)
     for j, name in enumerate(names):
         if name in classes:
             full[:, list(classes).index(name)] = probs[:, j]
@@ -216,11 +220,7 @@ def _script_peer_probs(script: str, ds, classes) -> tuple[np.ndarray, int]:
             raise RuntimeError(f"{script} failed: {r.stderr.strip()[-500:]}")
         out = np.load(Path(d) / "out.npz")
         probs, names, detected = out["probs"], [canonical_name(str(c)) for c in out["classes"]], out["detected"]
-    full = np.zeros((len(paths), len(classes)), np.float32)
-    for j, name in enumerate(names):
-        if name in classes:
-            full[:, list(classes).index(name)] = probs[:, j]
-    return full, int((~detected).sum())
+    return _in_classes(probs, names, classes), int((~detected).sum())
 
 
 def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = True) -> list[dict]:
