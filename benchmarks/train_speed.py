@@ -2,6 +2,10 @@
 pipeline on real FER+ files with and without the decoded-face cache.
 
     python benchmarks/train_speed.py [--models fernet,resnet18] [--steps 5] [--device cpu] [--precision both]
+    python benchmarks/train_speed.py --models faceres_mobilenet --freeze-stages 0,4,7,11 --no-data
+
+``--freeze-stages`` gives a row per value: the model's first N stages kept as loaded, as ``emolens train
+--freeze-stages N`` runs them (no gradient, BatchNorm in eval mode). ``--image-size`` overrides the models' own.
 
 ``--precision auto`` (the default) measures what ``emolens train`` runs: bf16 autocast where it is native (a
 CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.training.trainer.native_bf16`), else float32.
@@ -24,17 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, print_table, save  # noqa: E402
 
 from emolens import models  # noqa: E402
-from emolens.training.trainer import native_bf16  # noqa: E402
+from emolens.training.trainer import freeze_stages, native_bf16  # noqa: E402
 
 
-def model_speed(name: str, device: torch.device, steps: int, batch: int, amp: bool) -> dict:
+def model_speed(
+    name: str, device: torch.device, steps: int, batch: int, amp: bool, frozen: int = 0, size: int | None = None
+) -> dict:
     s = models.spec(name)
-    m = models.create(name, num_classes=8).to(device).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, s.channels, s.image_size, s.image_size, device=device).contiguous(
-        memory_format=torch.channels_last
-    )
+    size = size or s.image_size
+    m = models.create(name, num_classes=8, image_size=size).to(device).to(memory_format=torch.channels_last)
+    kept = freeze_stages(m, frozen)
+    x = torch.randn(batch, s.channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 8, (batch,), device=device)
-    opt = torch.optim.AdamW(m.parameters(), 1e-3)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], 1e-3)
 
     def sync():
         if device.type == "cuda":
@@ -48,6 +54,8 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int, amp: bo
         opt.step()
 
     m.train()
+    for k in kept:
+        k.eval()
     train_step()
     sync()
     t = time.perf_counter()
@@ -67,7 +75,8 @@ def model_speed(name: str, device: torch.device, steps: int, batch: int, amp: bo
     params = sum(p.numel() for p in m.parameters())
     return {
         "model": name,
-        "input": f"{s.image_size}px x{s.channels}",
+        "input": f"{size}px x{s.channels}",
+        "frozen_stages": frozen,
         "params_M": params / 1e6,
         "precision": "bf16" if amp else "fp32",
         "train_img_s": train_ips,
@@ -122,14 +131,22 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "both"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--no-data", action="store_true", help="skip the data-pipeline rows")
+    ap.add_argument("--freeze-stages", default="0", help="comma list: a row per number of frozen first stages")
+    ap.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
     ap.add_argument("--out", default=None, help="results name (default train_speed_<device>)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     amps = {"auto": [native_bf16(dev)], "fp32": [False], "bf16": [True], "both": [False, True]}[a.precision]
-    rows = [model_speed(n, dev, a.steps, a.batch, amp) for n in a.models.split(",") for amp in amps]
-    print_table(rows, ["model", "input", "params_M", "precision", "batch", "train_img_s", "infer_img_s"])
+    rows = [
+        model_speed(n, dev, a.steps, a.batch, amp, int(k), a.image_size)
+        for n in a.models.split(",")
+        for amp in amps
+        for k in a.freeze_stages.split(",")
+    ]
+    cols = ["model", "input", "params_M", "precision", "frozen_stages", "batch", "train_img_s", "infer_img_s"]
+    print_table(rows, cols)
     drows = [] if a.no_data else data_speed(a.data_images, a.workers)
     if drows:
         print()

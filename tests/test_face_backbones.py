@@ -243,3 +243,56 @@ def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path
         if k.endswith(("running_mean", "running_var")):
             assert torch.equal(before[k], after[k]), k
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_freeze_stages_keeps_the_first_stages_as_loaded_through_warmup_and_training(tmp_path):
+    """--freeze-stages 4: stages 0-3 (conv1 and blocks 1-3) are exactly as loaded after a head warm-up and a
+    full epoch, BatchNorm statistics included, and are not in the optimizer; stage 4 is trained."""
+    root, _ = make_rafdb(tmp_path / "r", "kaggle")
+    cfg = TrainConfig(
+        dataset="rafdb",
+        root=str(root),
+        model="faceres_mobilenet",
+        weights=str(_human_models()),
+        image_size=64,
+        out=str(tmp_path / "run"),
+        epochs=2,
+        batch_size=8,
+        head_warmup_epochs=1,
+        freeze_stages=4,
+        workers=0,
+        progress=False,
+        cache=False,
+        amp=False,
+    )
+    tr = Trainer(cfg)
+    stages = tr.model.stages()
+    assert len(stages) == 14 and len(tr.frozen) == 4
+    frozen = {id(p) for m in stages[:4] for p in m.parameters()}
+    in_opt = {id(p) for g in tr.opt.param_groups for p in g["params"]}
+    assert frozen and not frozen & in_opt
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit()
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # body.0 = conv1; blocks 1-3 = body.1-6 (depthwise, pointwise); block 4 starts at body.7
+    assert not {k for k in changed if k.startswith(tuple(f"body.{i}." for i in range(7)))}, changed
+    assert any(k.startswith("body.7.") for k in changed) and any(k.startswith("body.8.") for k in changed)
+    assert "body.8.bn.running_mean" in changed  # not frozen and --freeze-bn off: statistics re-learnt there
+
+
+def test_freeze_stages_refuses_models_without_stages_and_too_many_stages():
+    from emolens.training.trainer import freeze_stages
+
+    with pytest.raises(ValueError, match="does not list its stages"):
+        freeze_stages(models.create("fernet", num_classes=8), 1)
+    net = models.create("mobilefacenet", num_classes=8)
+    n = len(net.stages())
+    assert n == len(MOBILEFACENET_BLOCKS) + 3
+    with pytest.raises(ValueError, match=f"has {n} stages"):
+        freeze_stages(net, n + 1)
+    assert freeze_stages(net, 0) == []
+    assert all(p.requires_grad for p in net.parameters())
+    freeze_stages(net, 2)
+    assert not any(p.requires_grad for m in net.stages()[:2] for p in m.parameters())
+    assert all(p.requires_grad for p in net.stages()[2].parameters())

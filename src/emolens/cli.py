@@ -120,6 +120,7 @@ RESUME_FROZEN = (
     "freeze_bn",
     "backbone_lr",
     "head_warmup_epochs",
+    "freeze_stages",
     "class_weights",
     "balanced_sampler",
     "loss",

@@ -122,6 +122,9 @@ class _Backbone(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.norm.parameters(), *self.fc.parameters()]
 
+    # Subclasses define stages(): the backbone's layers in input-to-output order, grouped as the original's
+    # blocks (``emolens train --freeze-stages N`` keeps the first N as loaded).
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.norm(self.features(x))))
 
@@ -155,6 +158,11 @@ class FaceResMobileNet(_Backbone):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.scale(x)).mean((2, 3))
+
+    def stages(self) -> list[nn.Module]:
+        """14 stages: the first conv, then each of the 13 depthwise-separable blocks (depthwise + pointwise)."""
+        body = list(self.body)
+        return [body[0], *(nn.ModuleList(body[i : i + 2]) for i in range(1, len(body), 2))]
 
     def load_tfjs(self, model_json: str | Path) -> FaceResMobileNet:
         """Load the backbone from a ``faceres(-deep).json`` TFJS model (the head is left as it is)."""
@@ -211,6 +219,10 @@ class MobileFaceNet(_Backbone):
         if x.shape[-2:] != (7, 7):  # other input sizes than 112 px: pool to the 7x7 the kernel expects
             x = F.adaptive_avg_pool2d(x, 7)
         return self.gdconv(x).flatten(1)
+
+    def stages(self) -> list[nn.Module]:
+        """The stem (two convs and its projection), each bottleneck, the last 1x1 conv, the global depthwise."""
+        return [nn.ModuleList([self.stem, self.stem_project]), *self.blocks, self.conv7, self.gdconv]
 
     def load_tfjs(self, model_json: str | Path) -> MobileFaceNet:
         """Load the backbone from ``mobilefacenet.json`` (the head is left as it is)."""

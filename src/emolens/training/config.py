@@ -27,6 +27,7 @@ class TrainConfig:
     freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
     backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
     head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
+    freeze_stages: int = 0  # the backbone's first N stages stay as loaded all run (no backward through them)
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
@@ -105,6 +106,7 @@ LIMITS: dict[str, Limit] = {
     "warmup_epochs": Range(int, 0),
     "backbone_lr": Range(float, 0, 1e3),  # multiplier of lr for the backbone
     "head_warmup_epochs": Range(int, 0),
+    "freeze_stages": Range(int, 0),  # at most the model's number of stages (checked when the model is built)
     "loss": OneOf("ce", "logit_adjusted"),
     "la_tau": Range(float, 0),
     "label_smoothing": Range(float, 0, 1, hi_open=True),

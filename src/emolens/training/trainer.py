@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,7 @@ class Trainer:
             self.on_device = _hold_on_device(self.train_ds, self.device)
             self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
 
+        self.frozen = freeze_stages(self.model, cfg.freeze_stages)  # before the optimizer: it never sees them
         params = param_groups(self.model, cfg.lr, cfg.backbone_lr)
         if cfg.optimizer == "adamw":
             fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
@@ -313,8 +315,10 @@ class Trainer:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        for m in self.frozen:  # --freeze-stages: as loaded, BatchNorm statistics included
+            m.eval()
         if cfg.head_warmup_epochs:  # the first epochs train the new head alone
-            set_backbone_trainable(self.model, epoch >= cfg.head_warmup_epochs)
+            set_backbone_trainable(self.model, epoch >= cfg.head_warmup_epochs, keep_frozen=self.frozen)
         loss_sum, correct, n = 0.0, 0, 0
         bar = tqdm(
             self._device_batches() if self.on_device is not None else self.train_loader,
@@ -485,12 +489,35 @@ def param_groups(model: nn.Module, lr: float, backbone_lr: float = 1.0) -> list[
     ]
 
 
-def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze (``False``) or release everything but the head: a head-only warm-up skips the backbone's backward."""
-    head = {id(p) for p in head_parameters(model)}
+def set_backbone_trainable(model: nn.Module, trainable: bool, keep_frozen: Sequence[nn.Module] = ()) -> None:
+    """Freeze (``False``) or release everything but the head: a head-only warm-up skips the backbone's backward.
+    The parameters of ``keep_frozen`` (:func:`freeze_stages`) stay frozen either way."""
+    keep = {id(p) for p in head_parameters(model)} | {id(p) for m in keep_frozen for p in m.parameters()}
     for p in model.parameters():
-        if id(p) not in head:
+        if id(p) not in keep:
             p.requires_grad_(trainable)
+
+
+def freeze_stages(model: nn.Module, n: int) -> list[nn.Module]:
+    """Keep the first ``n`` of ``model.stages()`` as loaded for the whole run and return them.
+
+    Their parameters get no gradient, so backward stops at the first trained stage (the CPU lever: the early,
+    high-resolution stages cost most of a backward pass); the trainer also keeps them in eval mode, so their
+    BatchNorm statistics stay as loaded too.
+    """
+    if n == 0:
+        return []
+    if not hasattr(model, "stages"):
+        raise ValueError(
+            f"freeze_stages: {type(model).__name__} does not list its stages "
+            "(the face-pretrained backbones faceres_mobilenet and mobilefacenet do)"
+        )
+    stages = list(model.stages())
+    if n > len(stages):
+        raise ValueError(f"freeze_stages: {type(model).__name__} has {len(stages)} stages (got {n})")
+    for m in stages[:n]:
+        m.requires_grad_(False)
+    return stages[:n]
 
 
 def _hold_on_device(ds, device: torch.device) -> tuple[torch.Tensor, ...]:
