@@ -5,7 +5,8 @@ pipeline on real FER+ files with and without the decoded-face cache.
     python benchmarks/train_speed.py --models faceres_mobilenet --freeze-stages 0,4,7,11 --no-data
 
 ``--freeze-stages`` gives a row per value: the model's first N stages kept as loaded, as ``emolens train
---freeze-stages N`` runs them (no gradient, BatchNorm in eval mode). ``--image-size`` overrides the models' own.
+--freeze-stages N`` runs them (no gradient, BatchNorm in eval mode); ``--freeze-bn`` puts every BatchNorm in eval
+mode, as ``emolens train --freeze-bn``. ``--image-size`` overrides the models' own.
 
 ``--precision auto`` (the default) measures what ``emolens train`` runs: bf16 autocast where it is native (a
 CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.training.trainer.native_bf16`), else float32.
@@ -32,7 +33,14 @@ from emolens.training.trainer import freeze_stages, native_bf16  # noqa: E402
 
 
 def model_speed(
-    name: str, device: torch.device, steps: int, batch: int, amp: bool, frozen: int = 0, size: int | None = None
+    name: str,
+    device: torch.device,
+    steps: int,
+    batch: int,
+    amp: bool,
+    frozen: int = 0,
+    size: int | None = None,
+    freeze_bn: bool = False,
 ) -> dict:
     s = models.spec(name)
     size = size or s.image_size
@@ -56,6 +64,10 @@ def model_speed(
     m.train()
     for k in kept:
         k.eval()
+    if freeze_bn:  # as emolens train --freeze-bn: BatchNorm normalises with its running statistics
+        for k in m.modules():
+            if isinstance(k, torch.nn.modules.batchnorm._BatchNorm):
+                k.eval()
     train_step()
     sync()
     t = time.perf_counter()
@@ -77,6 +89,7 @@ def model_speed(
         "model": name,
         "input": f"{size}px x{s.channels}",
         "frozen_stages": frozen,
+        "freeze_bn": freeze_bn,
         "params_M": params / 1e6,
         "precision": "bf16" if amp else "fp32",
         "train_img_s": train_ips,
@@ -133,6 +146,7 @@ def main() -> None:
     ap.add_argument("--no-data", action="store_true", help="skip the data-pipeline rows")
     ap.add_argument("--freeze-stages", default="0", help="comma list: a row per number of frozen first stages")
     ap.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
+    ap.add_argument("--freeze-bn", action="store_true", help="BatchNorm in eval mode, as emolens train --freeze-bn")
     ap.add_argument("--out", default=None, help="results name (default train_speed_<device>)")
     a = ap.parse_args()
     if a.threads:
@@ -140,12 +154,13 @@ def main() -> None:
     dev = torch.device(a.device)
     amps = {"auto": [native_bf16(dev)], "fp32": [False], "bf16": [True], "both": [False, True]}[a.precision]
     rows = [
-        model_speed(n, dev, a.steps, a.batch, amp, int(k), a.image_size)
+        model_speed(n, dev, a.steps, a.batch, amp, int(k), a.image_size, a.freeze_bn)
         for n in a.models.split(",")
         for amp in amps
         for k in a.freeze_stages.split(",")
     ]
-    cols = ["model", "input", "params_M", "precision", "frozen_stages", "batch", "train_img_s", "infer_img_s"]
+    cols = ["model", "input", "params_M", "precision", "frozen_stages", "freeze_bn", "batch", "train_img_s"]
+    cols += ["infer_img_s"]
     print_table(rows, cols)
     drows = [] if a.no_data else data_speed(a.data_images, a.workers)
     if drows:
