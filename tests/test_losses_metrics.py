@@ -156,3 +156,19 @@ def test_choose_row_maximises_the_metric_within_the_floors():
         choose_row(table, "accuracy", min_bal=0.9)
     tie = [row(-0.2, 0.8, 0.8, 0.5), row(0.1, 0.8, 0.8, 0.5)]
     assert choose_row(tie, "accuracy")["tau"] == 0.1  # the smaller shift
+
+
+def test_in_dataset_classes_reorders_masks_and_scores_absent_classes_as_never_answered():
+    from emolens.evaluation.evaluate import in_dataset_classes
+
+    model = ["a", "b", "c"]
+    probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    # an 8-class model on a 7-class set: the set's columns only, in the set's order
+    np.testing.assert_array_equal(in_dataset_classes(probs, [0, 1], model, ["c", "a"]), [[0.7, 0.1], [0.1, 0.6]])
+    # a model without "d" on a set that declares "d" but holds none: "d" is a column of zeros
+    got = in_dataset_classes(probs, [0, 2, 1], model, ["a", "b", "c", "d"])
+    np.testing.assert_array_equal(got, [[0.1, 0.2, 0.7, 0.0], [0.6, 0.3, 0.1, 0.0]])
+    # ... but a set whose labels hold "d" cannot be scored by that model
+    with pytest.raises(ValueError, match=r"model has no class\(es\) \['d'\]"):
+        in_dataset_classes(probs, [0, 3], model, ["a", "b", "c", "d"])
+    assert in_dataset_classes(probs, [0], model, model) is probs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -32,7 +33,7 @@ def evaluate(
     """Metrics of ``checkpoint`` on ``dataset``/``split``; writes the report into ``out`` when given.
 
     A model trained on 8 classes can be scored on a 7-class set (FER2013): predictions are taken
-    over the dataset's classes only.
+    over the dataset's classes only (:func:`in_dataset_classes`).
     """
     ckpt = load_checkpoint(checkpoint)
     model, pre = build_from_checkpoint(ckpt, str(checkpoint))
@@ -50,13 +51,10 @@ def evaluate(
     )
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     probs, labels, _ = predict_loader(model, loader, dev, tta=tta, progress=progress, desc=f"evaluate {ds.name}")
-    model_classes = ckpt["classes"]
-    if list(ds.classes) != list(model_classes):
-        missing = [c for c in ds.classes if c not in model_classes]
-        if missing:
-            raise ValueError(f"{checkpoint}: model has no class(es) {missing} needed by {ds.name}")
-        cols = [model_classes.index(c) for c in ds.classes]
-        probs = probs[:, cols]
+    try:
+        probs = in_dataset_classes(probs, labels, ckpt["classes"], ds.classes)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint}: {e} needed by {ds.name}") from None
     m = classification_metrics(labels, probs.argmax(1), ds.classes)
     m.update(
         checkpoint=str(checkpoint),
@@ -75,3 +73,23 @@ def evaluate(
             history = [json.loads(line) for line in run_metrics.read_text().splitlines() if line.strip()]
         write_report(m, out, title=f"{ckpt['model']} on {dataset} {split}", history=history)
     return m
+
+
+def in_dataset_classes(probs, labels, model_classes, ds_classes) -> np.ndarray:
+    """A model's ``probs`` (columns ``model_classes``) as columns ``ds_classes``.
+
+    Classes the model lacks are scored as never answered (a column of zeros) where no sample of the split
+    has them: a 7-class model (RAF-DB's) on SFEW, whose labels use the 8 canonical classes but hold no
+    contempt. A class the model lacks that the split's labels do hold raises :class:`ValueError`.
+    """
+    if list(ds_classes) == list(model_classes):
+        return probs
+    present = set(np.unique(np.asarray(labels)).tolist())
+    needed = [c for k, c in enumerate(ds_classes) if c not in model_classes and k in present]
+    if needed:
+        raise ValueError(f"model has no class(es) {needed}")
+    out = np.zeros((len(probs), len(ds_classes)), dtype=np.asarray(probs).dtype)
+    for k, c in enumerate(ds_classes):
+        if c in model_classes:
+            out[:, k] = probs[:, list(model_classes).index(c)]
+    return out
