@@ -190,6 +190,8 @@ class Trainer:
                 log.info("teacher agrees with %.1f%% of the training labels", 100 * agree)
             self.train_ds = _subset(_WithTargets(self.train_full, targets), cfg.max_samples, cfg.seed)
             self.teacher = None
+        # before DDP and the optimizer: neither ever sees the frozen stages' parameters
+        self.frozen = freeze_stages(self.model, cfg.freeze_stages)
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -219,7 +221,6 @@ class Trainer:
             self.on_device = _hold_on_device(self.train_ds, self.device)
             self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
 
-        self.frozen = freeze_stages(self.model, cfg.freeze_stages)  # before the optimizer: it never sees them
         params = param_groups(self.model, cfg.lr, cfg.backbone_lr)
         if cfg.optimizer == "adamw":
             fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
