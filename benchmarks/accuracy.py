@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import SHARED, print_table, save, shared  # noqa: E402
 
-from emolens.evaluation.evaluate import evaluate  # noqa: E402
+from emolens.evaluation.evaluate import columns_as, evaluate  # noqa: E402
 from emolens.training import TrainConfig, train  # noqa: E402
 
 PAPER_SETUP = dict(
@@ -164,16 +164,7 @@ def _peer_probs(python: str, script: Path, faces, classes) -> np.ndarray:
         subprocess.run([python, str(script), f"{d}/in.npz", f"{d}/out.npz"], check=True, capture_output=True)
         out = np.load(Path(d) / "out.npz")
         probs, names = out["probs"], [canonical_name(FER_PEER_CLASSES.get(str(c), str(c))) for c in out["classes"]]
-    return _in_classes(probs, names, classes)
-
-
-def _in_classes(probs: np.ndarray, names: list[str], classes) -> np.ndarray:
-    """A peer's ``probs`` (columns named ``names``) as columns in ``classes`` order; classes it lacks get 0."""
-    full = np.zeros((len(probs), len(classes)), np.float32)
-    for j, name in enumerate(names):
-        if name in classes:
-            full[:, list(classes).index(name)] = probs[:, j]
-    return full
+    return columns_as(probs, names, classes)
 
 
 #: peers that find and align the face themselves (benchmarks/peers/README.md): given each image file and
@@ -220,7 +211,7 @@ def _script_peer_probs(script: str, ds, classes) -> tuple[np.ndarray, int]:
             raise RuntimeError(f"{script} failed: {r.stderr.strip()[-500:]}")
         out = np.load(Path(d) / "out.npz")
         probs, names, detected = out["probs"], [canonical_name(str(c)) for c in out["classes"]], out["detected"]
-    return _in_classes(probs, names, classes), int((~detected).sum())
+    return columns_as(probs, names, classes), int((~detected).sum())
 
 
 def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = True) -> list[dict]:

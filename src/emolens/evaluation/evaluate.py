@@ -88,8 +88,14 @@ def in_dataset_classes(probs, labels, model_classes, ds_classes) -> np.ndarray:
     needed = [c for k, c in enumerate(ds_classes) if c not in model_classes and k in present]
     if needed:
         raise ValueError(f"model has no class(es) {needed}")
-    out = np.zeros((len(probs), len(ds_classes)), dtype=np.asarray(probs).dtype)
-    for k, c in enumerate(ds_classes):
-        if c in model_classes:
-            out[:, k] = probs[:, list(model_classes).index(c)]
+    return columns_as(probs, model_classes, ds_classes)
+
+
+def columns_as(probs, names, classes) -> np.ndarray:
+    """``probs`` (columns named ``names``) as columns in ``classes`` order; a class not in ``names`` gets 0."""
+    probs = np.asarray(probs)
+    out = np.zeros((len(probs), len(classes)), dtype=probs.dtype)
+    for j, name in enumerate(names):
+        if name in classes:
+            out[:, list(classes).index(name)] = probs[:, j]
     return out
