@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, print_table, save  # noqa: E402
 
 from emolens import models  # noqa: E402
-from emolens.training.trainer import freeze_stages, native_bf16  # noqa: E402
+from emolens.training.trainer import batchnorm_eval, freeze_stages, native_bf16  # noqa: E402
 
 
 def model_speed(
@@ -64,10 +64,8 @@ def model_speed(
     m.train()
     for k in kept:
         k.eval()
-    if freeze_bn:  # as emolens train --freeze-bn: BatchNorm normalises with its running statistics
-        for k in m.modules():
-            if isinstance(k, torch.nn.modules.batchnorm._BatchNorm):
-                k.eval()
+    if freeze_bn:  # as emolens train --freeze-bn
+        batchnorm_eval(m)
     train_step()
     sync()
     t = time.perf_counter()

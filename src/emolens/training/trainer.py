@@ -312,10 +312,8 @@ class Trainer:
         seed_everything(cfg.seed * 1000 + epoch + 7919 * self.rank)  # augmentation/dropout RNG: a function of epoch
         self.sampler.set_epoch(epoch)
         self.ddp_model.train()
-        if cfg.freeze_bn:  # statistics as loaded: BatchNorm normalises with its running mean/var, never updates them
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        if cfg.freeze_bn:
+            batchnorm_eval(self.model)
         for m in self.frozen:  # --freeze-stages: as loaded, BatchNorm statistics included
             m.eval()
         if cfg.head_warmup_epochs:  # the first epochs train the new head alone
@@ -497,6 +495,14 @@ def set_backbone_trainable(model: nn.Module, trainable: bool, keep_frozen: Seque
     for p in model.parameters():
         if id(p) not in keep:
             p.requires_grad_(trainable)
+
+
+def batchnorm_eval(model: nn.Module) -> None:
+    """``--freeze-bn``: every BatchNorm in eval mode, normalising with its running statistics, never updating
+    them (its scale and shift still train)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def freeze_stages(model: nn.Module, n: int) -> list[nn.Module]:
