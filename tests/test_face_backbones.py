@@ -203,11 +203,10 @@ def test_real_rafdb_split_sizes():
 
 
 # ------------------------------------------------------------------ fine-tuning
-def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path):
-    """Two epochs of faceres-deep fine-tuning on a tiny set: warm-up touches only the head; frozen BatchNorm
-    keeps the loaded statistics; the backbone learns at its own learning rate; resume continues."""
+def _finetune_config(tmp_path, **over) -> TrainConfig:
+    """Two epochs (the first head-only) of faceres-deep at 64 px on a tiny RAF-DB tree, in this process."""
     root, _ = make_rafdb(tmp_path / "r", "kaggle")
-    cfg = TrainConfig(
+    base = dict(
         dataset="rafdb",
         root=str(root),
         model="faceres_mobilenet",
@@ -216,15 +215,19 @@ def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path
         out=str(tmp_path / "run"),
         epochs=2,
         batch_size=8,
-        lr=1e-3,
-        backbone_lr=0.1,
-        freeze_bn=True,
         head_warmup_epochs=1,
         workers=0,
         progress=False,
         cache=False,
         amp=False,
     )
+    return TrainConfig(**{**base, **over})
+
+
+def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path):
+    """Two epochs of faceres-deep fine-tuning on a tiny set: warm-up touches only the head; frozen BatchNorm
+    keeps the loaded statistics; the backbone learns at its own learning rate; resume continues."""
+    cfg = _finetune_config(tmp_path, lr=1e-3, backbone_lr=0.1, freeze_bn=True)
     tr = Trainer(cfg)
     assert [g["lr"] for g in tr.opt.param_groups] == pytest.approx([1e-3, 1e-4])
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
@@ -248,23 +251,7 @@ def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path
 def test_freeze_stages_keeps_the_first_stages_as_loaded_through_warmup_and_training(tmp_path):
     """--freeze-stages 4: stages 0-3 (conv1 and blocks 1-3) are exactly as loaded after a head warm-up and a
     full epoch, BatchNorm statistics included, and are not in the optimizer; stage 4 is trained."""
-    root, _ = make_rafdb(tmp_path / "r", "kaggle")
-    cfg = TrainConfig(
-        dataset="rafdb",
-        root=str(root),
-        model="faceres_mobilenet",
-        weights=str(_human_models()),
-        image_size=64,
-        out=str(tmp_path / "run"),
-        epochs=2,
-        batch_size=8,
-        head_warmup_epochs=1,
-        freeze_stages=4,
-        workers=0,
-        progress=False,
-        cache=False,
-        amp=False,
-    )
+    cfg = _finetune_config(tmp_path, freeze_stages=4)
     tr = Trainer(cfg)
     stages = tr.model.stages()
     assert len(stages) == 14 and len(tr.frozen) == 4
