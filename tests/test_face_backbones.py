@@ -248,6 +248,30 @@ def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
+def test_mobilefacenet_head_batchnorm_learns_its_statistics_under_freeze_bn(tmp_path):
+    """MobileFaceNet's features share a large constant part, so its head standardises each feature with its own
+    BatchNorm1d. --freeze-bn keeps every pretrained BatchNorm as loaded but lets the head's learn."""
+    from emolens.training.trainer import batchnorm_eval
+
+    net = models.create("mobilefacenet", num_classes=7).train()
+    batchnorm_eval(net)
+    assert isinstance(net.norm, torch.nn.BatchNorm1d) and net.norm.training
+    others = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m is not net.norm]
+    assert others and not any(m.training for m in others)
+    feats = 25.0 + 0.5 * torch.randn(32, 512)  # a large shared offset, small differences between faces
+    z = net.norm(feats)
+    assert z.mean(0).abs().max() < 1e-4 and (z.std(0) - 1).abs().max() < 0.05
+
+    cfg = _finetune_config(tmp_path, model="mobilefacenet", freeze_bn=True)
+    tr = Trainer(cfg)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit(stop_after=1)  # the head-only epoch
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"norm.running_mean", "norm.running_var", "fc.weight"} <= changed
+    assert not {k for k in changed if not k.startswith(("norm.", "fc."))}, changed
+
+
 def test_freeze_stages_keeps_the_first_stages_as_loaded_through_warmup_and_training(tmp_path):
     """--freeze-stages 4: stages 0-3 (conv1 and blocks 1-3) are exactly as loaded after a head warm-up and a
     full epoch, BatchNorm statistics included, and are not in the optimizer; stage 4 is trained."""
