@@ -470,7 +470,7 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         w[present] = ck["state_dict"][name][present[1:] + present[:1]]  # answers the next present class
         ck["state_dict"][name] = w
     torch.save(ck, tmp_path / "shifted.pt")
-    kw = dict(epochs=4, augment="none", teacher=str(tmp_path / "shifted.pt"), kd_weight=1.0, kd_temperature=1.0)
+    kw = dict(epochs=8, augment="none", teacher=str(tmp_path / "shifted.pt"), kd_weight=1.0, kd_temperature=1.0)
     kw.update(mixup=mixup)  # mixed images get mixed held answers
     student = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=offline, **kw))
     student.fit()
