@@ -127,7 +127,7 @@ class _Backbone(nn.Module):
         return [self.norm, self.dropout, self.fc]
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.norm.parameters(), *self.fc.parameters()]
+        return [p for m in self.head_modules() for p in m.parameters()]
 
     # Subclasses define stages(): the backbone's layers in input-to-output order, grouped as the original's
     # blocks (``emolens train --freeze-stages N`` keeps the first N as loaded).

@@ -501,7 +501,6 @@ def batchnorm_eval(model: nn.Module) -> None:
     """``--freeze-bn``: every pretrained BatchNorm in eval mode, normalising with its running statistics, never
     updating them (its scale and shift still train). A new head's own BatchNorm (``model.head_modules()``, as
     MobileFaceNet's) keeps learning its statistics: it has none to keep."""
-    model = getattr(model, "module", model)  # DDP
     head = {id(m) for h in getattr(model, "head_modules", list)() for m in h.modules()}
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head:
