@@ -118,6 +118,7 @@ RESUME_FROZEN = (
     "schedule",
     "warmup_epochs",
     "freeze_bn",
+    "recalibrate_bn",
     "backbone_lr",
     "head_warmup_epochs",
     "freeze_stages",

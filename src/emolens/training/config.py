@@ -25,6 +25,7 @@ class TrainConfig:
     channels: int | None = None  # None: the model's default
     protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
     freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
+    recalibrate_bn: int = 0  # before epoch 1: measure BatchNorm statistics on N training batches, same function
     backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
     head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
     freeze_stages: int = 0  # the backbone's first N stages stay as loaded all run (no backward through them)
@@ -84,6 +85,8 @@ class TrainConfig:
         check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
+        if self.recalibrate_bn and self.freeze_bn:
+            raise ValueError("recalibrate_bn trains with BatchNorm statistics from the batches; freeze_bn keeps them")
         if self.head_warmup_epochs >= self.epochs:
             raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
 
@@ -106,6 +109,7 @@ LIMITS: dict[str, Limit] = {
     "warmup_epochs": Range(int, 0),
     "backbone_lr": Range(float, 0, 1e3),  # multiplier of lr for the backbone
     "head_warmup_epochs": Range(int, 0),
+    "recalibrate_bn": Range(int, 0),  # batches of training faces; 0: off
     "freeze_stages": Range(int, 0),  # at most the model's number of stages (checked when the model is built)
     "loss": OneOf("ce", "logit_adjusted"),
     "la_tau": Range(float, 0),

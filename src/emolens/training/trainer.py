@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -380,6 +380,26 @@ class Trainer:
             b = idx[s : min(s + self.batch_size, n)].to(self.device)
             yield self.batch_augment(faces[b]), labels[b], soft[b], *(h[b] for h in held)
 
+    def _recalibrate_bn(self, n_batches: int) -> None:
+        """:func:`recalibrate_batchnorm` on the first ``n_batches`` (augmented) training batches, once; with DDP,
+        rank 0's result goes to every rank."""
+        self.sampler.set_epoch(0)
+        seed_everything(self.cfg.seed)
+
+        def batches():
+            for i, (x, *_) in enumerate(self.train_loader):
+                if i == n_batches:
+                    return
+                x = x.to(self.device)
+                yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+        n = recalibrate_batchnorm(self.model, batches())
+        if self.distributed:
+            for t in self.model.state_dict().values():
+                dist.broadcast(t, 0)
+        if self.is_main:
+            log.info("BatchNorm statistics measured on %d training faces (--recalibrate-bn)", n)
+
     def _sync_buffers(self) -> None:
         """Average BatchNorm running statistics over ranks, so every rank holds the same model."""
         for b in self.model.buffers():
@@ -408,6 +428,8 @@ class Trainer:
             bad = {**self.train_full.bad_files, **self.val_full.bad_files}
             if bad:
                 log.warning("%d unreadable image(s) skipped so far", len(bad))
+        if cfg.recalibrate_bn and not self.history:  # a fresh run (a resumed one holds its statistics)
+            self._recalibrate_bn(cfg.recalibrate_bn)
         for epoch in range(self.start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
             t0 = time.time()
             tr_loss, tr_acc = self.train_epoch(epoch)
@@ -505,6 +527,58 @@ def batchnorm_eval(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head:
             m.eval()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """``--recalibrate-bn``: give every pretrained BatchNorm the statistics of ``batches`` without changing what the
+    net computes; returns the number of faces measured.
+
+    A graph with BatchNorm folded into its convolutions (the TFJS backbones) loads with identity statistics, so
+    training with batch statistics would rescale every layer and wipe out the features. Here each layer's input
+    mean ``mu`` and (biased) variance ``var`` are measured in one pass of the unchanged net in eval mode; then
+    ``running_mean, running_var = mu, var`` and the affine scale and shift are re-set so that the eval-mode output
+    is exactly the old one: ``w' = w * sqrt(var + eps) / sqrt(rv + eps)``, ``b' = b + w * (mu - rm) / sqrt(rv + eps)``.
+    In training mode the batch statistics are close to ``mu, var``, so the net starts where it was and trains with
+    normalisation (which a net whose statistics are frozen lacks). A new head's own BatchNorm is left alone.
+    """
+    head = {id(m) for h in getattr(model, "head_modules", list)() for m in h.modules()}
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head and m.affine and m.track_running_stats
+    ]
+    acc: dict[int, list] = {id(m): [0.0, 0.0, 0] for m in bns}
+
+    def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].double().transpose(0, 1).flatten(1)  # channels x values
+        a = acc[id(m)]
+        a[0], a[1], a[2] = a[0] + x.sum(1), a[1] + (x * x).sum(1), a[2] + x.shape[1]
+
+    was_training = model.training
+    model.eval()
+    handles = [m.register_forward_pre_hook(hook) for m in bns]
+    n = 0
+    try:
+        for x in batches:
+            model(x)
+            n += len(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("recalibrate_batchnorm: no batches")
+    for m in bns:
+        s, ss, count = acc[id(m)]
+        mu = s / count
+        var = (ss / count - mu * mu).clamp_min(0)
+        old = m.weight.double() / (m.running_var.double() + m.eps).sqrt()  # the layer's slope in eval mode
+        m.bias.copy_(m.bias.double() + old * (mu - m.running_mean.double()))
+        m.weight.copy_(old * (var + m.eps).sqrt())
+        m.running_mean.copy_(mu)
+        m.running_var.copy_(var)
+    return n
 
 
 def freeze_stages(model: nn.Module, n: int) -> list[nn.Module]:
