@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -270,6 +271,84 @@ def test_mobilefacenet_head_batchnorm_learns_its_statistics_under_freeze_bn(tmp_
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {"norm.running_mean", "norm.running_var", "fc.weight"} <= changed
     assert not {k for k in changed if not k.startswith(("norm.", "fc."))}, changed
+
+
+class _TinyBN(torch.nn.Module):
+    """conv -> BatchNorm (loaded like a folded graph: identity statistics, affine scale/shift) -> ReLU -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.norm = torch.nn.BatchNorm1d(4)  # the new head's own
+        self.fc = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0, 1.5]))
+            self.bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+
+    def head_modules(self):
+        return [self.norm, self.fc]
+
+    def forward(self, x):
+        return self.fc(self.norm(torch.relu(self.bn(self.conv(x))).mean((2, 3))))
+
+
+def test_recalibrate_batchnorm_keeps_the_function_and_takes_the_datas_statistics():
+    """--recalibrate-bn: the running statistics become the data's (per channel mean and biased variance of the
+    layer's input), the eval-mode output stays what it was, and in training mode a batch that *is* the data
+    gives the same output too. The head's own BatchNorm is left alone."""
+    from emolens.training.trainer import recalibrate_batchnorm
+
+    net = _TinyBN().eval()
+    g = torch.Generator().manual_seed(1)
+    data = 3.0 + 2.0 * torch.randn(24, 3, 8, 8, generator=g)  # far from the identity statistics the layer holds
+    with torch.no_grad():
+        before = net.bn(net.conv(data))
+        pre = net.conv(data)
+    head_before = {k: v.clone() for k, v in net.norm.state_dict().items()}
+    assert recalibrate_batchnorm(net, data.split(8)) == 24
+    assert not net.training
+    mu, var = pre.mean((0, 2, 3)), pre.var((0, 2, 3), unbiased=False)
+    assert torch.allclose(net.bn.running_mean, mu, atol=1e-5)
+    assert torch.allclose(net.bn.running_var, var, rtol=1e-4)
+    assert not torch.allclose(net.bn.running_var, torch.ones(4))
+    with torch.no_grad():
+        torch.testing.assert_close(net.bn(pre), before, atol=1e-4, rtol=1e-4)  # eval mode: the same function
+        net.bn.train()
+        torch.testing.assert_close(net.bn(pre), before, atol=1e-3, rtol=1e-3)  # batch statistics = the data's
+    for k, v in net.norm.state_dict().items():
+        assert torch.equal(v, head_before[k]), k
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate_batchnorm(net, [])
+
+
+def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resumes_without_recalibrating(
+    tmp_path, monkeypatch
+):
+    """A fresh run measures the statistics once before epoch 1 (the head-only epoch then changes the backbone's
+    statistics and the head, nothing else of the backbone); a resumed run keeps the statistics it holds."""
+    from emolens.training import trainer as trainer_mod
+
+    cfg = _finetune_config(tmp_path, recalibrate_bn=2)
+    with pytest.raises(ValueError, match="freeze_bn keeps them"):
+        dataclasses.replace(cfg, freeze_bn=True).validate()
+    calls = []
+    real = trainer_mod.recalibrate_batchnorm
+    monkeypatch.setattr(trainer_mod, "recalibrate_batchnorm", lambda m, b: calls.append(1) or real(m, b))
+    tr = Trainer(cfg)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit(stop_after=1)
+    assert calls == [1]
+    after = tr.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "body.0.bn.running_mean" in changed and "body.0.bn.weight" in changed  # recalibrated
+    assert not {k for k in changed if k.endswith("conv.weight")}, changed  # head-only epoch: convs as loaded
+    tr2 = Trainer(cfg)
+    assert tr2.resume() and tr2.start_epoch == 1
+    tr2.fit()
+    assert calls == [1]  # not measured again on resume
+    assert not torch.equal(tr2.model.state_dict()["body.5.conv.weight"], before["body.5.conv.weight"])
 
 
 def test_freeze_stages_keeps_the_first_stages_as_loaded_through_warmup_and_training(tmp_path):
