@@ -323,6 +323,31 @@ def test_recalibrate_batchnorm_keeps_the_function_and_takes_the_datas_statistics
         recalibrate_batchnorm(net, [])
 
 
+def test_precise_batchnorm_averages_the_batches_statistics_for_batch_mode_layers_only():
+    """--precise-bn: a BatchNorm in training mode gets the plain average of the batches' means and (unbiased)
+    variances with the current weights, whatever it held; one in eval mode (frozen) keeps its statistics; the
+    momentum and the modes are restored."""
+    from emolens.training.trainer import precise_batchnorm
+
+    net = _TinyBN().train()
+    net.norm.eval()  # e.g. frozen
+    with torch.no_grad():
+        net.bn.running_mean.fill_(100.0)  # stale statistics of earlier weights
+    frozen = {k: v.clone() for k, v in net.norm.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    batches = list((1.0 + torch.randn(40, 3, 6, 6, generator=g)).split(10))
+    assert precise_batchnorm(net, batches) == 40
+    with torch.no_grad():
+        pre = [net.conv(b) for b in batches]
+    mean = torch.stack([p.mean((0, 2, 3)) for p in pre]).mean(0)
+    var = torch.stack([p.var((0, 2, 3)) for p in pre]).mean(0)
+    torch.testing.assert_close(net.bn.running_mean, mean)
+    torch.testing.assert_close(net.bn.running_var, var)
+    assert net.bn.momentum == 0.1 and net.training and net.bn.training and not net.norm.training
+    for k, v in net.norm.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+
+
 def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resumes_without_recalibrating(
     tmp_path, monkeypatch
 ):
@@ -330,7 +355,7 @@ def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resume
     statistics and the head, nothing else of the backbone); a resumed run keeps the statistics it holds."""
     from emolens.training import trainer as trainer_mod
 
-    cfg = _finetune_config(tmp_path, recalibrate_bn=2)
+    cfg = _finetune_config(tmp_path, recalibrate_bn=2, precise_bn=1)
     with pytest.raises(ValueError, match="freeze_bn keeps them"):
         dataclasses.replace(cfg, freeze_bn=True).validate()
     calls = []
@@ -344,6 +369,8 @@ def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resume
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert "body.0.bn.running_mean" in changed and "body.0.bn.weight" in changed  # recalibrated
     assert not {k for k in changed if k.endswith("conv.weight")}, changed  # head-only epoch: convs as loaded
+    # --precise-bn 1: the statistics validation used come from one batch after the epoch, not the running average
+    assert int(after["body.0.bn.num_batches_tracked"]) == 1 and tr.model.body[0].bn.momentum == 0.1
     tr2 = Trainer(cfg)
     assert tr2.resume() and tr2.start_epoch == 1
     tr2.fit()

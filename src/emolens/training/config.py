@@ -26,6 +26,7 @@ class TrainConfig:
     protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
     freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
     recalibrate_bn: int = 0  # before epoch 1: measure BatchNorm statistics on N training batches, same function
+    precise_bn: int = 0  # before each validation: batch-mode BatchNorm statistics recomputed on N training batches
     backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
     head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
     freeze_stages: int = 0  # the backbone's first N stages stay as loaded all run (no backward through them)
@@ -110,6 +111,7 @@ LIMITS: dict[str, Limit] = {
     "backbone_lr": Range(float, 0, 1e3),  # multiplier of lr for the backbone
     "head_warmup_epochs": Range(int, 0),
     "recalibrate_bn": Range(int, 0),  # batches of training faces; 0: off
+    "precise_bn": Range(int, 0),  # batches of training faces; 0: off
     "freeze_stages": Range(int, 0),  # at most the model's number of stages (checked when the model is built)
     "loss": OneOf("ce", "logit_adjusted"),
     "la_tau": Range(float, 0),

@@ -380,20 +380,21 @@ class Trainer:
             b = idx[s : min(s + self.batch_size, n)].to(self.device)
             yield self.batch_augment(faces[b]), labels[b], soft[b], *(h[b] for h in held)
 
+    def _train_batches(self, n: int):
+        """The first ``n`` (augmented) training batches of this epoch's order, on the device, as the model reads
+        them."""
+        for i, (x, *_) in enumerate(self.train_loader):
+            if i == n:
+                return
+            x = x.to(self.device)
+            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def _recalibrate_bn(self, n_batches: int) -> None:
-        """:func:`recalibrate_batchnorm` on the first ``n_batches`` (augmented) training batches, once; with DDP,
-        rank 0's result goes to every rank."""
+        """:func:`recalibrate_batchnorm` on the first ``n_batches`` training batches, once; with DDP, rank 0's
+        result goes to every rank."""
         self.sampler.set_epoch(0)
         seed_everything(self.cfg.seed)
-
-        def batches():
-            for i, (x, *_) in enumerate(self.train_loader):
-                if i == n_batches:
-                    return
-                x = x.to(self.device)
-                yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-        n = recalibrate_batchnorm(self.model, batches())
+        n = recalibrate_batchnorm(self.model, self._train_batches(n_batches))
         if self.distributed:
             for t in self.model.state_dict().values():
                 dist.broadcast(t, 0)
@@ -433,6 +434,9 @@ class Trainer:
         for epoch in range(self.start_epoch, min(cfg.epochs, stop_after or cfg.epochs)):
             t0 = time.time()
             tr_loss, tr_acc = self.train_epoch(epoch)
+            if cfg.precise_bn:  # the epoch's last weights, their own statistics (the modes train_epoch set)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    precise_batchnorm(self.model, self._train_batches(cfg.precise_bn))
             if self.distributed:
                 self._sync_buffers()
                 t = torch.tensor([tr_loss, tr_acc], device=self.device)
@@ -578,6 +582,43 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
         m.weight.copy_(old * (var + m.eps).sqrt())
         m.running_mean.copy_(mu)
         m.running_var.copy_(var)
+    return n
+
+
+@torch.no_grad()
+def precise_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """``--precise-bn``: recompute the running statistics of every BatchNorm in training mode as the plain average
+    over ``batches`` with the model's current weights (PreciseBN; Wu & Johnson 2021); returns the faces seen.
+
+    A running average with momentum 0.1 lags behind weights that move fast: a layer whose input drifts by many of
+    its standard deviations per epoch (MobileFaceNet's last layers, fine-tuned) is then evaluated with the
+    statistics of earlier weights. BatchNorms in eval mode (``--freeze-bn``, ``--freeze-stages``) are left as
+    they are; the model's modes are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in dropouts:
+        m.eval()
+    n = 0
+    try:
+        for x in batches:
+            model(x)
+            n += len(x)
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        for m in dropouts:
+            m.train()
+    if n == 0:  # nothing measured: keep what they held
+        for m, (rm, rv, nb) in zip(bns, saved, strict=True):
+            m.running_mean.copy_(rm), m.running_var.copy_(rv), m.num_batches_tracked.copy_(nb)
     return n
 
 
