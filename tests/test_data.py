@@ -236,6 +236,15 @@ def test_cache_gives_identical_faces(tmp_path):
         assert np.array_equal(plain.load_face(i), cached.load_face(i))
 
 
+def test_cache_progress_bar_follows_the_progress_switch(tmp_path, capsys):
+    """``emolens train --no-progress`` (logs of background runs) builds its cache without a progress bar."""
+    root = make_folder_dataset(tmp_path / "d", per_class=3)
+    open_dataset("folder", root, "train", image_size=24, cache=tmp_path / "c1", progress=False)
+    assert "caching" not in capsys.readouterr().err
+    open_dataset("folder", root, "train", image_size=24, cache=tmp_path / "c2")
+    assert "caching folder:train" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ CK+, SFEW, several datasets at once
 def test_group_split_never_shares_a_group_and_is_seeded():
     rng = np.random.default_rng(0)

@@ -76,12 +76,14 @@ def open_dataset(
     seed: int = 0,
     cache: bool | str | Path = False,
     extra: Sequence[str] = (),
+    progress: bool = True,
 ) -> FaceDataset:
     """Open split ``train``/``val``/``test`` of dataset ``kind`` at ``root``.
 
     Faces come out ``image_size`` square with ``channels`` 1 (grey) or 3 (RGB). ``protocol`` and
     ``seed`` choose AffectNet's split and the 80/10/10 split of single-pool folders. ``cache`` builds
-    a decoded-face memmap (``True`` for the default cache folder, or a folder path).
+    a decoded-face memmap (``True`` for the default cache folder, or a folder path), with a progress bar
+    while it is built unless ``progress`` is false.
 
     ``extra`` adds more datasets as ``KIND=ROOT`` (or ``KIND=ROOT*N`` to repeat its training
     samples N times): the same split of each is appended, all labels in the canonical 8 classes.
@@ -107,7 +109,7 @@ def open_dataset(
         on_error=on_error,
     )
     if cache:
-        attach_cache(ds, None if cache is True else cache)
+        attach_cache(ds, None if cache is True else cache, progress=progress)
     return ds
 
 

@@ -135,6 +135,7 @@ class Trainer:
             protocol=cfg.protocol,
             seed=cfg.seed,
             extra=cfg.extra_data,
+            progress=cfg.progress and self.is_main,
         )
         # Rank 0 builds the decoded-face cache first; the others then reuse it.
         if self.distributed and not self.is_main:
