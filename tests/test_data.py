@@ -306,7 +306,11 @@ def test_several_datasets_in_one_label_space(tmp_path, fer2013_root):
     counts = ds.class_counts()
     assert len(ds) == n7 + 2 and counts[CLASSES.index("contempt")] == 1  # val: 10% of the folder, no repeat
     train = open_dataset("folder", folder, "train", extra=[f"folder={folder}*3"])
-    assert len(train) == 4 * len(open_dataset("folder", folder, "train"))  # the extra one repeated 3x
+    n = len(open_dataset("folder", folder, "train"))
+    assert len(train) == 4 * n  # the extra one repeated 3x
+    assert train.parts == [("folder", 0, n), ("folder2", n, 4 * n)]  # each dataset's span, names kept apart
+    assert ds.parts == [("fer2013", 0, n7), ("folder", n7, n7 + 2)]
+    assert open_dataset("folder", folder, "train").parts == [("folder", 0, n)]
     for bad in ("ckplus", "nope=/x", "=x"):
         with pytest.raises(ValueError, match="KIND=ROOT|unknown dataset kind"):
             parse_data_spec(bad)

@@ -14,7 +14,7 @@ from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 from emolens.training.checkpoint import unwrap
-from emolens.training.trainer import native_bf16
+from emolens.training.trainer import native_bf16, per_set_metrics
 
 
 @pytest.fixture(scope="module")
@@ -501,3 +501,41 @@ def test_head_warmup_is_refused_under_ddp_before_any_process_group(tiny_root, tm
     cfg = _cfg(tiny_root, tmp_path / "run", epochs=2, head_warmup_epochs=1)
     with pytest.raises(ValueError, match="head_warmup_epochs is not supported with several processes"):
         Trainer(cfg)
+
+
+def test_per_set_metrics_weigh_each_dataset_alike():
+    """Set A: 90 faces of class 0 right, 10 of class 1 wrong (balanced 0.5); set B: 10 faces, all right (1.0).
+    Pooled, class 0 is all right and class 1 has 10 of 15: balanced 0.833. Per set: mean 0.75."""
+    import numpy as np
+
+    labels = np.array([0] * 90 + [1] * 10 + [0] * 5 + [1] * 5)
+    preds = np.array([0] * 90 + [0] * 10 + [0] * 5 + [1] * 5)
+    parts = np.array(["a"] * 100 + ["b"] * 10, dtype=object)
+    m = per_set_metrics(labels, preds, parts, ["x", "y"])
+    assert list(m) == ["a", "b"] and m["a"]["n"] == 100 and m["b"]["n"] == 10
+    assert m["a"]["balanced_accuracy"] == pytest.approx(0.5) and m["a"]["accuracy"] == pytest.approx(0.9)
+    assert m["b"]["balanced_accuracy"] == pytest.approx(1.0)
+
+
+def test_a_mix_validates_each_dataset_and_selects_by_their_mean(tiny_root, tmp_path):
+    """--extra-data: every epoch's row holds each validation set's scores; --select-metric
+    set_balanced_accuracy picks the epoch by their mean, which best.pt records."""
+    out = train(
+        _cfg(
+            tiny_root,
+            tmp_path / "run",
+            epochs=2,
+            extra_data=[f"folder={tiny_root}*2"],
+            select_metric="set_balanced_accuracy",
+        )
+    )
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        sets = r["val_per_set"]
+        assert list(sets) == ["folder", "folder2"] and sets["folder"]["n"] == sets["folder2"]["n"] > 0
+        mean = (sets["folder"]["balanced_accuracy"] + sets["folder2"]["balanced_accuracy"]) / 2
+        assert r["val_set_balanced_accuracy"] == pytest.approx(mean)
+    best = max(rows, key=lambda r: r["val_set_balanced_accuracy"])
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["epoch"] == best["epoch"]
+    assert ck["val_metrics"]["set_balanced_accuracy"] == pytest.approx(best["val_set_balanced_accuracy"])

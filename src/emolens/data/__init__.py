@@ -90,6 +90,7 @@ def open_dataset(
     """
     samples, classes = dataset_samples(kind, root, split, protocol, seed)
     name = f"{kind}:{split}"
+    parts = [(kind, 0, len(samples))]
     if extra:
         # several datasets, one label space: every label re-indexed into the canonical 8 classes
         samples = _in_classes(samples, classes)
@@ -98,6 +99,9 @@ def open_dataset(
             more, cls = dataset_samples(k, r, split, protocol, seed)
             samples += _in_classes(more, cls) * (repeat if split == "train" else 1)
             name += f"+{k}"
+            taken = {p[0] for p in parts}
+            part = k if k not in taken else next(f"{k}{i}" for i in range(2, len(parts) + 2) if f"{k}{i}" not in taken)
+            parts.append((part, parts[-1][2], len(samples)))
         classes = CLASSES
     ds = FaceDataset(
         samples,
@@ -108,6 +112,7 @@ def open_dataset(
         transform=transform,
         on_error=on_error,
     )
+    ds.parts = parts
     if cache:
         attach_cache(ds, None if cache is True else cache, progress=progress)
     return ds

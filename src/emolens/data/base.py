@@ -193,6 +193,8 @@ class FaceDataset(Dataset):
         self.on_error = on_error
         self.bad_files: dict[str, str] = {}
         self._cache: np.ndarray | None = None  # set by emolens.data.cache
+        #: the datasets it is made of, in order: (name, first index, end index); one part unless mixed
+        self.parts: list[tuple[str, int, int]] = [(name, 0, len(self.samples))]
 
     def __len__(self) -> int:
         return len(self.samples)

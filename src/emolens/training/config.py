@@ -52,7 +52,7 @@ class TrainConfig:
     teacher_offline: bool = False  # the teacher answers once per un-augmented face before training (cheap on CPU)
     augment: str = "default"  # none | light | default
     augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
-    select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | loss
+    select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | set_balanced_accuracy | loss
     amp: bool = True  # bf16 autocast where it is native: CUDA, and CPUs with AMX / AVX512-BF16
     channels_last: bool = True
     seed: int = 0
@@ -122,7 +122,8 @@ LIMITS: dict[str, Limit] = {
     "kd_temperature": Range(float, 0, lo_open=True),
     "teacher_views": OneOf("single", "flip", "shift-flip"),
     "augment": OneOf("none", "light", "default"),
-    "select_metric": OneOf("accuracy", "balanced_accuracy", "macro_f1", "loss"),
+    # set_balanced_accuracy: the mean of each validation dataset's balanced accuracy (a mix's parts weigh alike)
+    "select_metric": OneOf("accuracy", "balanced_accuracy", "macro_f1", "set_balanced_accuracy", "loss"),
     "seed": Range(int, 0),
     "workers": Range(int, 0),
     "on_error": OneOf("skip", "raise"),

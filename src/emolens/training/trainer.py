@@ -90,6 +90,28 @@ class _WithTargets(Dataset):
         return (*self.ds[i], self.targets_[i])
 
 
+def dataset_parts(ds) -> np.ndarray:
+    """The name of the dataset each item of ``ds`` comes from (a mix's parts; a :class:`Subset` of one too)."""
+    if isinstance(ds, Subset):
+        return dataset_parts(ds.dataset)[np.asarray(ds.indices)]
+    if isinstance(ds, _WithTargets):
+        return dataset_parts(ds.ds)
+    out = np.empty(len(ds), dtype=object)
+    for name, a, b in getattr(ds, "parts", [(getattr(ds, "name", "data"), 0, len(ds))]):
+        out[a:b] = name
+    return out
+
+
+def per_set_metrics(labels: np.ndarray, preds: np.ndarray, parts: np.ndarray, classes: Sequence[str]) -> dict:
+    """``classification_metrics`` of each dataset of a mix (accuracy, balanced accuracy, macro-F1), by name."""
+    out = {}
+    for name in dict.fromkeys(parts.tolist()):  # in order of appearance
+        sel = parts == name
+        m = classification_metrics(labels[sel], preds[sel], classes)
+        out[name] = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")} | {"n": int(sel.sum())}
+    return out
+
+
 def _subset(ds: FaceDataset | _WithTargets, n: int | None, seed: int) -> FaceDataset | _WithTargets | Subset:
     if n is None or n >= len(ds):
         return ds
@@ -153,6 +175,7 @@ class Trainer:
         self.train_ds = _subset(self.train_full, cfg.max_samples, cfg.seed)
         self.val_ds = _subset(self.val_full, cfg.max_samples, cfg.seed + 1)
         self.train_labels = np.asarray(self.train_ds.targets)  # type: ignore[union-attr]
+        self.val_parts = dataset_parts(self.val_ds)
 
         self.model = models.create(
             cfg.model,
@@ -413,8 +436,13 @@ class Trainer:
         probs, labels, loss = predict_loader(
             self.model, self.val_loader, self.device, tta=self.cfg.tta, channels_last=self.channels_last
         )
-        m = classification_metrics(labels, probs.argmax(1), self.classes)
+        preds = probs.argmax(1)
+        m = classification_metrics(labels, preds, self.classes)
         m["loss"] = loss
+        # a mix: each dataset's own scores, and their mean balanced accuracy (a selection metric that a large
+        # part, as FER+ in RAF-DB + FER+ + CK+ + SFEW, does not dominate)
+        m["per_set"] = per_set_metrics(np.asarray(labels), np.asarray(preds), self.val_parts, self.classes)
+        m["set_balanced_accuracy"] = float(np.mean([v["balanced_accuracy"] for v in m["per_set"].values()]))
         return m
 
     def fit(self, stop_after: int | None = None) -> list[dict]:
@@ -452,6 +480,8 @@ class Trainer:
                 "val_accuracy": vm["accuracy"],
                 "val_balanced_accuracy": vm["balanced_accuracy"],
                 "val_macro_f1": vm["macro_f1"],
+                "val_set_balanced_accuracy": vm["set_balanced_accuracy"],
+                "val_per_set": vm["per_set"],
                 "lr": self.opt.param_groups[0]["lr"],
                 "seconds": time.time() - t0,
             }
@@ -480,10 +510,17 @@ class Trainer:
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 _plot_curves(self.history, self.out / "plots")
+                sets = ""
+                if len(vm["per_set"]) > 1:
+                    sets = (
+                        f"  sets bal {vm['set_balanced_accuracy']:.4f} ("
+                        + ", ".join(f"{k} {v['balanced_accuracy']:.3f}" for k, v in vm["per_set"].items())
+                        + ")"
+                    )
                 print(
                     f"epoch {epoch + 1}/{cfg.epochs}  train loss {tr_loss:.4f} acc {tr_acc:.4f}  "
                     f"val loss {vm['loss']:.4f} acc {vm['accuracy']:.4f} bal {vm['balanced_accuracy']:.4f} "
-                    f"F1 {vm['macro_f1']:.4f}  {row['seconds']:.0f}s{'  *best' if improved else ''}",
+                    f"F1 {vm['macro_f1']:.4f}{sets}  {row['seconds']:.0f}s{'  *best' if improved else ''}",
                     flush=True,
                 )
         if self.distributed:
