@@ -348,6 +348,23 @@ def test_precise_batchnorm_averages_the_batches_statistics_for_batch_mode_layers
         assert torch.equal(v, frozen[k]), k
 
 
+def test_recompute_batchnorm_after_averaging_keeps_a_frozen_runs_pretrained_statistics():
+    """`emolens average` of a --freeze-bn run re-measures only the new head's BatchNorm: re-measuring the folded
+    graph's identity statistics would change what the net computes."""
+    from torch.utils.data import TensorDataset
+
+    from emolens.training.averaging import recompute_batchnorm
+
+    net = models.create("mobilefacenet", num_classes=7)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(16, 3, 112, 112)
+    assert recompute_batchnorm(net, TensorDataset(x, torch.zeros(16)), samples=16, batch_size=8, frozen_bn=True) == 16
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"norm.running_mean", "norm.running_var", "norm.num_batches_tracked"}, changed
+    recompute_batchnorm(net, TensorDataset(x, torch.zeros(16)), samples=16, batch_size=8)  # a batch-mode run
+    assert not torch.equal(net.stem[0].bn.running_var, before["stem.0.bn.running_var"])
+
+
 def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resumes_without_recalibrating(
     tmp_path, monkeypatch
 ):

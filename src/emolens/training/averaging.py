@@ -2,7 +2,8 @@
 
 :func:`emolens.checkpoint.average_checkpoints` averages the weights; the averaged net's BatchNorm layers
 then need running statistics of their own, which :func:`recompute_batchnorm` measures on training faces
-(``torch.optim.swa_utils.update_bn``). ``emolens average`` does both.
+(a cumulative average, as ``torch.optim.swa_utils.update_bn``; BatchNorms a ``--freeze-bn`` run kept frozen are
+left as they are). ``emolens average`` does both.
 """
 
 from __future__ import annotations
@@ -19,14 +20,25 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def recompute_batchnorm(model: nn.Module, dataset, samples: int = 8192, batch_size: int = 128, seed: int = 0) -> int:
-    """Reset and re-measure every BatchNorm layer's running mean/var on ``samples`` faces of ``dataset``
-    (a fixed random subset, ``seed``), as one cumulative average; returns how many faces were used."""
+def recompute_batchnorm(
+    model: nn.Module, dataset, samples: int = 8192, batch_size: int = 128, seed: int = 0, frozen_bn: bool = False
+) -> int:
+    """Reset and re-measure the BatchNorm layers' running mean/var on ``samples`` faces of ``dataset`` (a fixed
+    random subset, ``seed``), as one cumulative average; returns how many faces were used.
+
+    ``frozen_bn``: the run trained with ``--freeze-bn``, so its pretrained BatchNorms hold the statistics they
+    were loaded with (a folded graph's identity ones) and are left alone; only a new head's own BatchNorm is
+    re-measured. Re-measuring the pretrained ones would change what the net computes."""
+    from .trainer import batchnorm_eval, precise_batchnorm
+
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset), generator=g)[: min(samples, len(dataset))].tolist()
     loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
     torch.manual_seed(seed)  # the augmentation's random draws
-    torch.optim.swa_utils.update_bn(loader, model)
+    model.train()
+    if frozen_bn:
+        batchnorm_eval(model)
+    precise_batchnorm(model, (x for x, *_ in loader))
     model.eval()
     return len(idx)
 
@@ -43,18 +55,21 @@ def average(
     """Average ``checkpoints`` into ``out``; with a dataset, re-measure BatchNorm statistics on its training
     split (with the training augmentation, as during training). Returns a summary dict (``batchnorm``:
     "re-measured on N training faces", "averaged" or "none")."""
-    from ..checkpoint import average_checkpoints, build_from_checkpoint, save_atomic, unwrap
+    from ..checkpoint import average_checkpoints, build_from_checkpoint, load_checkpoint, save_atomic, unwrap
     from ..data import open_dataset
     from ..transforms import train_transform
 
+    frozen_bn = bool((load_checkpoint(checkpoints[0]).get("config") or {}).get("freeze_bn"))
     payload = average_checkpoints(list(checkpoints))
     model, pre = build_from_checkpoint(payload, str(checkpoints[0]))
     used, batchnorm = 0, "averaged" if has_batchnorm(model) else "none"
     if dataset and batchnorm == "averaged":
         ds = open_dataset(dataset, root, "train", pre.image_size, pre.channels, train_transform(pre), extra=extra)
-        used = recompute_batchnorm(model, ds, bn_samples, seed=seed)
+        used = recompute_batchnorm(model, ds, bn_samples, seed=seed, frozen_bn=frozen_bn)
         payload["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
         payload["batchnorm_recomputed"] = {"dataset": ds.name, "faces": used, "seed": seed}
         batchnorm = f"re-measured on {used} training faces"
+        if frozen_bn:
+            batchnorm += " (the head's; --freeze-bn kept the rest)"
     save_atomic(payload, out)
     return {"out": str(out), "members": len(checkpoints), "bn_faces": used, "batchnorm": batchnorm}
