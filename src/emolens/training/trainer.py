@@ -561,14 +561,27 @@ def set_backbone_trainable(model: nn.Module, trainable: bool, keep_frozen: Seque
             p.requires_grad_(trainable)
 
 
+def _pretrained_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm of ``model`` but those of its new head (``model.head_modules()``, as MobileFaceNet's)."""
+    head = {id(m) for h in getattr(model, "head_modules", list)() for m in h.modules()}
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head]
+
+
+def _forward_all(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run ``model`` on every batch (outputs dropped); returns the number of faces."""
+    n = 0
+    for x in batches:
+        model(x)
+        n += len(x)
+    return n
+
+
 def batchnorm_eval(model: nn.Module) -> None:
     """``--freeze-bn``: every pretrained BatchNorm in eval mode, normalising with its running statistics, never
     updating them (its scale and shift still train). A new head's own BatchNorm (``model.head_modules()``, as
     MobileFaceNet's) keeps learning its statistics: it has none to keep."""
-    head = {id(m) for h in getattr(model, "head_modules", list)() for m in h.modules()}
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head:
-            m.eval()
+    for m in _pretrained_batchnorms(model):
+        m.eval()
 
 
 @torch.no_grad()
@@ -584,12 +597,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     In training mode the batch statistics are close to ``mu, var``, so the net starts where it was and trains with
     normalisation (which a net whose statistics are frozen lacks). A new head's own BatchNorm is left alone.
     """
-    head = {id(m) for h in getattr(model, "head_modules", list)() for m in h.modules()}
-    bns = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head and m.affine and m.track_running_stats
-    ]
+    bns = [m for m in _pretrained_batchnorms(model) if m.affine and m.track_running_stats]
     acc: dict[int, list] = {id(m): [0.0, 0.0, 0] for m in bns}
 
     def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -600,11 +608,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     was_training = model.training
     model.eval()
     handles = [m.register_forward_pre_hook(hook) for m in bns]
-    n = 0
     try:
-        for x in batches:
-            model(x)
-            n += len(x)
+        n = _forward_all(model, batches)
     finally:
         for h in handles:
             h.remove()
@@ -644,11 +649,8 @@ def precise_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
     for m in dropouts:
         m.eval()
-    n = 0
     try:
-        for x in batches:
-            model(x)
-            n += len(x)
+        n = _forward_all(model, batches)
     finally:
         for m, mom in zip(bns, momenta, strict=True):
             m.momentum = mom
@@ -656,7 +658,9 @@ def precise_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
             m.train()
     if n == 0:  # nothing measured: keep what they held
         for m, (rm, rv, nb) in zip(bns, saved, strict=True):
-            m.running_mean.copy_(rm), m.running_var.copy_(rv), m.num_batches_tracked.copy_(nb)
+            m.running_mean.copy_(rm)
+            m.running_var.copy_(rv)
+            m.num_batches_tracked.copy_(nb)
     return n
 
 
