@@ -38,6 +38,34 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message names the file and the mismatch."""
 
 
+#: Models shipped inside the package (``src/emolens/weights/``, see its ``MODEL_CARD.md``): name -> file.
+BUNDLED = {
+    "fernet_v3": "fernet_v3.pt",
+    "faceres_v1": "faceres_v1.pt",
+}
+DEFAULT_BUNDLED = "fernet_v3"
+
+
+def bundled_checkpoint(name: str = DEFAULT_BUNDLED) -> Path:
+    """Path of a bundled model by name (``fernet_v3``, the default, or ``faceres_v1``)."""
+    from importlib import resources
+
+    if name not in BUNDLED:
+        raise CheckpointError(f"{name}: not a bundled model (bundled: {', '.join(BUNDLED)})")
+    return Path(str(resources.files("emolens") / "weights" / BUNDLED[name]))
+
+
+def resolve_checkpoint(value: str | Path | None) -> Path:
+    """What a ``--checkpoint`` value names: a file, else a bundled model's name; ``None`` -> the default model.
+    A file of the same name as a bundled model wins."""
+    if value is None or str(value) == "":
+        return bundled_checkpoint()
+    path = Path(value)
+    if not path.exists() and str(value) in BUNDLED:
+        return bundled_checkpoint(str(value))
+    return path
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file, then rename: a kill mid-write never leaves a broken file."""
     path = Path(path)
@@ -67,10 +95,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_classes: int | None = None) -> dict:
-    """Read a checkpoint written by emolens and check it matches what the caller expects."""
-    path = Path(path)
+    """Read a checkpoint written by emolens (a path or a bundled model's name, :func:`resolve_checkpoint`) and
+    check it matches what the caller expects."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(f"{path}: checkpoint file not found (nor a bundled model: {', '.join(BUNDLED)})")
     try:
         # weights_only: tensors and plain data only; a pickle that would build other objects (and could run
         # code) is refused. numpy scalars/dtypes (plain numbers in older emolens runs) are allowed.

@@ -99,6 +99,12 @@ def command(
     return register
 
 
+#: ``--checkpoint`` help, the same for every subcommand that runs a model.
+CHECKPOINT_HELP = (
+    "a checkpoint from `emolens train`, or a bundled model: fernet_v3 (the default; 48 px, live speed) or "
+    "faceres_v1 (opt-in, for photos of real people; 112 px colour, slower: see README)"
+)
+
 #: TrainConfig fields a resumed run may not change (the rest: epochs, workers, progress, device, ...).
 RESUME_FROZEN = (
     "dataset",
@@ -195,7 +201,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="a checkpoint (default: the bundled model)")
+    p.add_argument("checkpoint", nargs="?", help=CHECKPOINT_HELP + " (default: fernet_v3)")
     _limited(p, "--dataset", OneOf(*DATASETS), required=True)
     p.add_argument("--root", required=True)
     _limited(p, "--split", SPLIT, default="test")
@@ -216,11 +222,11 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "evaluate a checkpoint: metrics, confusion matrices, plots, report", evaluate_arguments)
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .checkpoint import resolve_checkpoint
     from .evaluation.evaluate import evaluate
-    from .live.classifier import default_checkpoint
 
     m = evaluate(
-        a.checkpoint or default_checkpoint(),
+        resolve_checkpoint(a.checkpoint),
         a.dataset,
         a.root,
         split=a.split,
@@ -577,7 +583,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
 
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="default: the bundled model")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: fernet_v3)")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--output", "-o", default="emolens.onnx")
     _limited(p, "--opset", Range(int, 7), "ONNX operator set", default=17)
@@ -585,8 +591,8 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("export", "export a checkpoint to ONNX and check it against PyTorch", export_arguments)
 def cmd_export(a: argparse.Namespace) -> int:
+    from .checkpoint import resolve_checkpoint
     from .export import export_onnx
-    from .live.classifier import default_checkpoint
 
     try:
         import onnx  # noqa: F401
@@ -594,7 +600,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     except ImportError as e:
         raise ImportError(f"export needs the onnx extras: pip install 'emolens[onnx]' ({e})") from None
 
-    info = export_onnx(a.checkpoint or default_checkpoint(), a.output, opset=a.opset)
+    info = export_onnx(resolve_checkpoint(a.checkpoint), a.output, opset=a.opset)
     print(
         f"wrote {info['onnx']} ({info['model']}, {len(info['classes'])} classes); "
         f"max |p_onnx - p_torch| = {info['max_abs_diff']:.2e}"
@@ -696,13 +702,21 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
-@command("models", "list the model registry")
+@command("models", "list the model registry and the bundled models")
 def cmd_models(a: argparse.Namespace) -> int:
     from . import models
+    from .checkpoint import BUNDLED, DEFAULT_BUNDLED, bundled_checkpoint, load_checkpoint
 
+    print("architectures (emolens train --model NAME):")
     for name in models.available():
         s = models.spec(name)
-        print(f"{name:20s} {s.image_size:>4d}px {'grey' if s.channels == 1 else 'RGB ':4s}  {s.description}")
+        print(f"  {name:20s} {s.image_size:>4d}px {'grey' if s.channels == 1 else 'RGB ':4s}  {s.description}")
+    print("bundled models (--checkpoint NAME; weights/MODEL_CARD.md):")
+    for name in BUNDLED:
+        ckpt = load_checkpoint(bundled_checkpoint(name))
+        size = ckpt["preprocess"]["image_size"]
+        default = "  (default)" if name == DEFAULT_BUNDLED else ""
+        print(f"  {name:20s} {size:>4d}px {ckpt['model']}, {len(ckpt['classes'])} classes{default}")
     return 0
 
 
@@ -710,7 +724,7 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     from .live.settings import PipelineSettings
 
     d = PipelineSettings()
-    p.add_argument("--checkpoint", help="a checkpoint from `emolens train` (default: the bundled model)")
+    p.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: fernet_v3)")
     p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
     _limited(
         p,

@@ -201,11 +201,10 @@ def run_identity(opts: BatchOptions) -> dict:
     settings. Threads, device and the executor do not change results."""
     import hashlib
 
-    from ..checkpoint import load_checkpoint
-    from ..live.classifier import default_checkpoint
+    from ..checkpoint import load_checkpoint, resolve_checkpoint
 
     s = opts.settings
-    ckpt = Path(s.checkpoint) if s.checkpoint else default_checkpoint()
+    ckpt = resolve_checkpoint(s.checkpoint)
     digest = hashlib.sha256()
     for part in (ckpt, Path(s.onnx)) if s.onnx else (ckpt,):
         with open(part, "rb") as f:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..checkpoint import build_from_checkpoint, load_checkpoint
+from ..checkpoint import build_from_checkpoint, bundled_checkpoint, load_checkpoint, resolve_checkpoint
 from ..transforms import Preprocess
-
-DEFAULT_WEIGHTS = "fernet_v3.pt"
 
 
 def default_threads(processes: int = 1) -> int:
@@ -33,8 +30,8 @@ def resolve_device(name: str = "cpu") -> str:
 
 
 def default_checkpoint() -> Path:
-    """Path of the bundled FER+ model shipped inside the package (see ``weights/MODEL_CARD.md``)."""
-    return Path(str(resources.files("emolens") / "weights" / DEFAULT_WEIGHTS))
+    """Path of the default bundled model shipped inside the package (see ``weights/MODEL_CARD.md``)."""
+    return bundled_checkpoint()
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -79,7 +76,7 @@ class EmotionClassifier:
             raise ValueError(f"tta={tta!r}: choose none, flip or shift-flip")
         if self.views != "single" and backend != "torch":
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
-        path = Path(checkpoint) if checkpoint else default_checkpoint()
+        path = resolve_checkpoint(checkpoint)
         ckpt = load_checkpoint(path)
         self.checkpoint = path
         self.classes: list[str] = list(ckpt["classes"])
