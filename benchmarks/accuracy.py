@@ -5,8 +5,8 @@ Experiments (``--exp``):
   fer2013   FERNet on FER2013 (7 classes; Training / select on PublicTest / report PrivateTest).
   paper     the paper's comparison: paper_cnn vs resnet18 trained side by side on the same FER+ data.
   cross     no training: every model on FER+ test, FER2013 PrivateTest (7 classes), held-out CK+ subjects and
-            held-out SFEW films (the fixed splits of emolens.data), single pass and flip TTA. Rows: the shipped
-            model, the earlier ones (from git), the paper's two (runs of --exp paper, if present) and peers run
+            held-out SFEW films (the fixed splits of emolens.data), single pass and flip TTA. Rows: the bundled
+            models, the earlier ones (from git), the paper's two (runs of --exp paper, if present) and peers run
             on the same crops in their own environment (benchmarks/peers/; skipped when not installed).
 
     python benchmarks/accuracy.py --exp ferplus [--epochs 24] [--reuse runs/ferplus_fernet]
@@ -301,9 +301,12 @@ def main() -> None:
     over = dict(epochs=a.epochs, image_size=a.image_size, max_samples=a.max_samples)
     runs = Path(a.runs)
     if a.exp == "cross":
-        from emolens.live.classifier import default_checkpoint
+        from emolens.checkpoint import BUNDLED, DEFAULT_BUNDLED, bundled_checkpoint
 
-        models = {"emolens (shipped)": str(default_checkpoint())}
+        models = {
+            f"emolens {name} ({'default' if name == DEFAULT_BUNDLED else 'opt-in'})": str(bundled_checkpoint(name))
+            for name in BUNDLED
+        }
         for label, (commit, path) in PREVIOUS.items():
             prev = _previous_model(commit, path)
             if prev:

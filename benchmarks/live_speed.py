@@ -65,7 +65,14 @@ def run_one(
     from emolens.live.classifier import default_threads
 
     clf = EmotionClassifier(checkpoint, threads=threads or default_threads())
-    direct = clf.predict(np.stack([f for f, _ in faces])).argmax(1)  # the same faces, no detector, no resize
+    from emolens.live.crop import crop_faces
+    from emolens.live.detectors import Face
+
+    # the same faces, no detector: each whole 48 px face resized to the model's input (as --whole-image)
+    whole = [
+        crop_faces(f, [Face(np.array([0, 0, f.shape[1], f.shape[0]]))], clf.preprocess, exact=True) for f, _ in faces
+    ]
+    direct = clf.predict(np.concatenate(whole)).argmax(1)
     direct_acc = float(np.mean([clf.classes[p] == y for p, y in zip(direct, labels, strict=True)]))
     pipe = Pipeline(clf, create_detector(detector, model=yunet), margin=margin)
     # what `emolens live --output` does, built on Pipeline.stream: results come back per frame, no CSV re-read
