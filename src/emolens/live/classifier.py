@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import build_from_checkpoint, bundled_checkpoint, load_checkpoint, resolve_checkpoint
+from ..checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from ..transforms import Preprocess
 
 
@@ -27,11 +27,6 @@ def resolve_device(name: str = "cpu") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def default_checkpoint() -> Path:
-    """Path of the default bundled model shipped inside the package (see ``weights/MODEL_CARD.md``)."""
-    return bundled_checkpoint()
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
