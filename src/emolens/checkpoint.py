@@ -19,6 +19,8 @@ from . import models
 from .transforms import Preprocess
 
 FORMAT = "emolens-checkpoint/1"
+#: model name of an ensemble of different models (:func:`ensemble_checkpoints`)
+MIXED_ENSEMBLE = "ensemble"
 
 
 def _numpy_safe_globals() -> list:
@@ -129,14 +131,29 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_cl
 def build_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[nn.Module, Preprocess]:
     """Rebuild the model of a loaded checkpoint, in eval mode, with its preprocessing."""
     pre = Preprocess.from_dict(ckpt["preprocess"])
-    model = models.create(
-        ckpt["model"], num_classes=ckpt["num_classes"], in_channels=pre.channels, image_size=pre.image_size
-    )
+    if ckpt["model"] == MIXED_ENSEMBLE:
+        model = _mixed_ensemble(ckpt, pre)
+    else:
+        model = models.create(
+            ckpt["model"], num_classes=ckpt["num_classes"], in_channels=pre.channels, image_size=pre.image_size
+        )
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt["state_dict"])  # float16 storage is cast to the model's float32
     except RuntimeError as e:
         raise CheckpointError(f"{source}: weights do not fit model {ckpt['model']!r}: {str(e)[:300]}") from None
     return model.eval(), pre
+
+
+def _mixed_ensemble(ckpt: dict, pre: Preprocess) -> nn.Module:
+    """An :class:`~emolens.models.Ensemble` of different models, each fed its own input by an adapter."""
+    members, adapters = [], []
+    for m in ckpt["member_specs"]:
+        mp = Preprocess.from_dict(m["preprocess"])
+        members.append(
+            models.create(m["model"], num_classes=ckpt["num_classes"], in_channels=mp.channels, image_size=mp.image_size)
+        )
+        adapters.append(nn.Identity() if mp == pre else models.InputAdapter(pre, mp))
+    return models.Ensemble(members, ckpt["num_classes"], adapters)
 
 
 def train_counts(ckpt: dict) -> np.ndarray:
@@ -191,16 +208,30 @@ def _mean_prior(ckpts: list[dict]) -> np.ndarray:
 _TRAINING_ONLY = ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config")
 
 
-def ensemble_checkpoints(paths: list[str | Path]) -> dict:
-    """One checkpoint of model ``<model>_x<K>`` (an :class:`~emolens.models.Ensemble`) of K runs of ``<model>``.
+def ensemble_checkpoints(paths: list[str | Path], half: bool = False) -> dict:
+    """One checkpoint of an :class:`~emolens.models.Ensemble` of ``paths`` (mean log-probabilities).
 
-    All must share model, classes and preprocessing. ``train_counts`` becomes the mean of the members'
-    class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then uses.
+    Runs of one model with one preprocessing give model ``<model>_x<K>``. Different models (a 48 px grey net
+    and a 112 px colour one) give model ``ensemble``: its input is that of the member with the largest
+    faces (colour first), and each other member gets its own through an
+    :class:`~emolens.models.InputAdapter`. All must share the classes. ``train_counts`` becomes the mean of
+    the members' class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then
+    uses. ``half`` stores the weights as float16 (half the file; they are float32 again once loaded).
     """
-    ckpts = _compatible(paths)
+    if not paths:
+        raise CheckpointError("no checkpoints given")
+    ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]
+    for p, c in zip(paths, ckpts, strict=True):
+        if c["classes"] != first["classes"]:
+            raise CheckpointError(f"{p}: classes {c['classes']!r} differ from {paths[0]}'s {first['classes']!r}")
+        if c["model"] == MIXED_ENSEMBLE:
+            raise CheckpointError(f"{p}: already an ensemble of different models; list its members instead")
+    same = all(c["model"] == first["model"] and c["preprocess"] == first["preprocess"] for c in ckpts)
     state = {f"members.{k}.{n}": v for k, c in enumerate(ckpts) for n, v in c["state_dict"].items()}
     state["logit_bias"] = torch.zeros(first["num_classes"])
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         **first,
         "model": f"{first['model']}_x{len(ckpts)}",
@@ -208,6 +239,13 @@ def ensemble_checkpoints(paths: list[str | Path]) -> dict:
         "members": [str(p) for p in paths],
         "train_counts": _mean_prior(ckpts).tolist(),
     }
+    if not same:
+        widest = max(ckpts, key=lambda c: (c["preprocess"]["channels"], c["preprocess"]["image_size"]))
+        payload.update(
+            model=MIXED_ENSEMBLE,
+            preprocess=widest["preprocess"],
+            member_specs=[{"model": c["model"], "preprocess": c["preprocess"]} for c in ckpts],
+        )
     for key in _TRAINING_ONLY:
         payload.pop(key, None)
     return payload

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .ensemble import Ensemble
+from .ensemble import Ensemble, InputAdapter
 from .face_backbones import FaceResMobileNet, MobileFaceNet, faceres_mobilenet, mobilefacenet
 from .fernet import FERNet
 from .paper_cnn import PaperCNN
@@ -148,6 +148,7 @@ __all__ = [
     "Ensemble",
     "FERNet",
     "FaceResMobileNet",
+    "InputAdapter",
     "MobileFaceNet",
     "ModelSpec",
     "PaperCNN",
