@@ -90,3 +90,24 @@ def test_for_inference_keeps_a_model_it_cannot_trace():
         fast = for_inference(m)  # no exception: the plain model comes back
         assert any(isinstance(k, torch.nn.BatchNorm2d) for k in fast.modules())
         assert torch.allclose(fast(x), ref, atol=1e-6)
+
+
+def test_input_adapter_repeats_the_loaders_grey_conversion_and_resize():
+    """A 112 px colour face through the adapter == the same face made 48 px grey by cv2, as loaders do."""
+    import cv2
+    import numpy as np
+
+    from emolens.models import InputAdapter
+    from emolens.transforms import Preprocess, eval_transform
+
+    rgb = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    src, dst = Preprocess.for_channels(112, 3), Preprocess.for_channels(48, 1)
+    x = eval_transform(src)(torch.from_numpy(rgb).permute(2, 0, 1))[None]
+    grey = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (48, 48), interpolation=cv2.INTER_AREA)
+    want = (torch.from_numpy(grey / 255.0)[None, None] - 0.5) / 0.25
+    got = InputAdapter(src, dst)(x)
+    assert got.shape == (1, 1, 48, 48)
+    # the loaders round the grey face to uint8 before resizing: within half a grey level (0.5/255/0.25)
+    assert (got - want).abs().max() < 0.01
+    with pytest.raises(ValueError, match="grey input"):
+        InputAdapter(dst, src)

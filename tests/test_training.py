@@ -282,10 +282,11 @@ def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
     bias = load_checkpoint(tmp_path / "r.pt")["state_dict"]["logit_bias"]
     counts = np.asarray(ens["train_counts"], float)
     assert np.allclose(bias.numpy(), r["tau"] * np.log(np.maximum(counts, 0.5) / counts.sum()), atol=1e-6)
-    with pytest.raises(CheckpointError, match="model"):
-        ensemble_checkpoints(
-            [a / "best.pt", train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "best.pt"]
-        )
+    other = dict(load_checkpoint(b / "best.pt"))
+    other["classes"] = other["classes"][::-1]
+    save_atomic(other, tmp_path / "reversed.pt")
+    with pytest.raises(CheckpointError, match="classes"):
+        ensemble_checkpoints([a / "best.pt", tmp_path / "reversed.pt"])
 
 
 def test_average_of_snapshots_is_the_mean_of_their_weights(tiny_root, tmp_path):
@@ -539,3 +540,45 @@ def test_a_mix_validates_each_dataset_and_selects_by_their_mean(tiny_root, tmp_p
     ck = load_checkpoint(out / "best.pt")
     assert ck["epoch"] == best["epoch"]
     assert ck["val_metrics"]["set_balanced_accuracy"] == pytest.approx(best["val_set_balanced_accuracy"])
+
+
+def test_ensemble_of_different_models_feeds_each_its_own_input(tmp_path):
+    """A 48 px grey net and a 64 px colour net as one model: input 64 px RGB, each member on its own input;
+    float16 storage halves the file; the ensemble exports to ONNX with the same answers."""
+    from emolens import models
+    from emolens.checkpoint import ensemble_checkpoints, model_payload, save_atomic
+    from emolens.cli import main
+    from emolens.export import export_onnx
+    from emolens.labels import CLASSES
+    from emolens.models import InputAdapter
+    from emolens.transforms import Preprocess
+
+    torch.manual_seed(0)
+    grey_pre, rgb_pre = Preprocess.for_channels(48, 1), Preprocess.for_channels(64, 3)
+    grey = models.create("fernet_tiny", in_channels=1, image_size=48).eval()
+    rgb = models.create("fernet_tiny", in_channels=3, image_size=64).eval()
+    save_atomic(model_payload(grey, "fernet_tiny", CLASSES, grey_pre, train_counts=[1.0] * 8), tmp_path / "g.pt")
+    save_atomic(model_payload(rgb, "fernet_tiny", CLASSES, rgb_pre, train_counts=[1.0] * 8), tmp_path / "c.pt")
+
+    ens = ensemble_checkpoints([tmp_path / "g.pt", tmp_path / "c.pt"])
+    assert ens["model"] == "ensemble" and ens["preprocess"] == rgb_pre.to_dict()
+    assert [m["preprocess"]["channels"] for m in ens["member_specs"]] == [1, 3]
+    model, pre = build_from_checkpoint(ens)
+    assert pre == rgb_pre
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        want = (grey(InputAdapter(rgb_pre, grey_pre)(x)).log_softmax(1) + rgb(x).log_softmax(1)) / 2
+        assert torch.allclose(model(x), want, atol=1e-5)
+
+    assert main(["ensemble", str(tmp_path / "g.pt"), str(tmp_path / "c.pt"), "--out", str(tmp_path / "f.pt")]) == 0
+    argv = ["ensemble", str(tmp_path / "g.pt"), str(tmp_path / "c.pt"), "--half", "--out", str(tmp_path / "h.pt")]
+    assert main(argv) == 0
+    half = load_checkpoint(tmp_path / "h.pt")
+    assert all(v.dtype == torch.float16 for v in half["state_dict"].values() if v.is_floating_point())
+    assert (tmp_path / "h.pt").stat().st_size < 0.6 * (tmp_path / "f.pt").stat().st_size
+    stored, _ = build_from_checkpoint(half)
+    with torch.no_grad():
+        assert (stored(x).softmax(1) - model(x).softmax(1)).abs().max() < 5e-3
+    pytest.importorskip("onnxruntime")
+    info = export_onnx(tmp_path / "f.pt", tmp_path / "e.onnx")
+    assert info["model"] == "ensemble" and info["max_abs_diff"] < 1e-4

@@ -150,7 +150,9 @@ def _mixed_ensemble(ckpt: dict, pre: Preprocess) -> nn.Module:
     for m in ckpt["member_specs"]:
         mp = Preprocess.from_dict(m["preprocess"])
         members.append(
-            models.create(m["model"], num_classes=ckpt["num_classes"], in_channels=mp.channels, image_size=mp.image_size)
+            models.create(
+                m["model"], num_classes=ckpt["num_classes"], in_channels=mp.channels, image_size=mp.image_size
+            )
         )
         adapters.append(nn.Identity() if mp == pre else models.InputAdapter(pre, mp))
     return models.Ensemble(members, ckpt["num_classes"], adapters)

@@ -329,7 +329,9 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
 
         full, _ = build_from_checkpoint(ensemble_checkpoints(a.checkpoints))
         stored, _ = build_from_checkpoint(load_checkpoint(a.out))
-        x = torch.randn(16, pre["channels"], pre["image_size"], pre["image_size"], generator=torch.Generator().manual_seed(0))
+        x = torch.randn(
+            16, pre["channels"], pre["image_size"], pre["image_size"], generator=torch.Generator().manual_seed(0)
+        )
         with torch.no_grad():
             diff = (full(x).softmax(1) - stored(x).softmax(1)).abs().max().item()
         print(f"float16 storage: largest probability change on random faces {diff:.2e}")
