@@ -17,13 +17,13 @@ def test_models_lists_registry(capsys):
         assert name in out
     bundled = out.split("bundled models")[1]
     lines = [" ".join(line.split()) for line in bundled.splitlines()[1:]]
-    assert lines == ["fernet_v3 48px fernet_wide, 8 classes (default)", "faceres_v1 112px faceres_mobilenet, 8 classes"]
+    assert lines == ["fernet_v3 48px fernet_wide, 8 classes (default)", "faceres_v2 112px faceres_mobilenet, 8 classes"]
 
 
 def test_predict_with_a_bundled_model_by_name(capsys):
-    """``--checkpoint faceres_v1`` runs the opt-in bundled model: the sample face is happy."""
+    """``--checkpoint faceres_v2`` runs the opt-in bundled model: the sample face is happy."""
     face = REPO / "src/emolens/assets/astronaut_face.jpg"
-    assert main(["predict", str(face), "--checkpoint", "faceres_v1", "-q", "--threads", "1"]) == 0
+    assert main(["predict", str(face), "--checkpoint", "faceres_v2", "-q", "--threads", "1"]) == 0
     assert "astronaut_face.jpg: happiness" in capsys.readouterr().out
 
 

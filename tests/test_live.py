@@ -230,50 +230,53 @@ def test_bundled_model_on_clear_ferplus_faces(classifier, ferplus_root):
 
 def test_bundled_models_are_named_by_checkpoint_values(tmp_path, monkeypatch):
     """``--checkpoint`` takes a file or a bundled model's name; nothing names the default; a file wins over a
-    bundled name; an unknown name says what is bundled."""
+    bundled name; an unknown name says what is bundled; a retired name names its successor."""
     import torch
 
     from emolens.checkpoint import BUNDLED, CheckpointError, load_checkpoint, resolve_checkpoint
 
     assert resolve_checkpoint(None) == resolve_checkpoint("fernet_v3")
-    assert resolve_checkpoint("faceres_v1").name == "faceres_v1.pt" and resolve_checkpoint("faceres_v1").is_file()
-    assert set(BUNDLED) == {"fernet_v3", "faceres_v1"}
-    monkeypatch.chdir(tmp_path)
-    torch.save({"format": "something else"}, tmp_path / "faceres_v1")
-    assert resolve_checkpoint("faceres_v1") == Path("faceres_v1")  # the user's file, not the bundled model
-    with pytest.raises(CheckpointError, match="not an emolens checkpoint"):
+    assert resolve_checkpoint("faceres_v2").name == "faceres_v2.pt" and resolve_checkpoint("faceres_v2").is_file()
+    assert set(BUNDLED) == {"fernet_v3", "faceres_v2"}
+    with pytest.raises(CheckpointError, match="faceres_v1: no longer bundled; its successor is faceres_v2"):
         load_checkpoint("faceres_v1")
-    with pytest.raises(CheckpointError, match="nor a bundled model: fernet_v3, faceres_v1"):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "something else"}, tmp_path / "faceres_v2")
+    assert resolve_checkpoint("faceres_v2") == Path("faceres_v2")  # the user's file, not the bundled model
+    with pytest.raises(CheckpointError, match="not an emolens checkpoint"):
+        load_checkpoint("faceres_v2")
+    with pytest.raises(CheckpointError, match="nor a bundled model: fernet_v3, faceres_v2"):
         load_checkpoint("fernet_v9")
 
 
-def test_opt_in_faceres_model_beats_the_default_on_real_photos():
-    """The bundled ``faceres_v1`` (112 px colour, 8 classes, < 20 MB) is ahead of ``fernet_v3`` on RAF-DB
-    validation faces (web photos held out from training), in accuracy and balanced accuracy, by a clear margin."""
+def _scores(name: str, dataset: str, step: int) -> tuple[float, float]:
+    """Accuracy and balanced accuracy of bundled model ``name`` on every ``step``-th validation face."""
     from sklearn.metrics import balanced_accuracy_score
 
     from emolens.data import open_dataset
 
-    root = shared_path("data/rafdb")
-    scores = {}
-    for name in ("fernet_v3", "faceres_v1"):
-        clf = EmotionClassifier(name, threads=2)
-        pre = clf.preprocess
-        ds = open_dataset("rafdb", root, "val", pre.image_size, pre.channels, cache=False)
-        idx = np.arange(0, len(ds), 3)  # 409 of the 1,227 faces, every class present
-        faces = np.stack([ds.load_face(i) for i in idx])
-        labels = [ds.classes[ds.targets[i]] for i in idx]
-        pred = [clf.classes[k] for k in clf.predict(faces).argmax(1)]
-        scores[name] = (
-            np.mean([p == y for p, y in zip(pred, labels, strict=True)]),
-            balanced_accuracy_score(labels, pred),
-        )
-        if name == "faceres_v1":
-            assert pre.image_size == 112 and pre.channels == 3 and len(clf.classes) == 8
-            assert clf.checkpoint.stat().st_size < 20 * 2**20
-    (acc3, bal3), (acc1, bal1) = scores["fernet_v3"], scores["faceres_v1"]
-    assert acc1 >= 0.75 and bal1 >= 0.68, scores
-    assert acc1 >= acc3 + 0.04 and bal1 >= bal3 + 0.12, scores
+    clf = EmotionClassifier(name, threads=2)
+    pre = clf.preprocess
+    ds = open_dataset(dataset, shared_path(f"data/{dataset}"), "val", pre.image_size, pre.channels, cache=False)
+    idx = np.arange(0, len(ds), step)
+    faces = np.stack([ds.load_face(i) for i in idx])
+    labels = [ds.classes[ds.targets[i]] for i in idx]
+    pred = [clf.classes[k] for k in clf.predict(faces).argmax(1)]
+    if name == "faceres_v2":
+        assert pre.image_size == 112 and pre.channels == 3 and len(clf.classes) == 8
+        assert clf.checkpoint.stat().st_size < 20 * 2**20
+    return np.mean([p == y for p, y in zip(pred, labels, strict=True)]), balanced_accuracy_score(labels, pred)
+
+
+def test_opt_in_faceres_model_beats_the_default_on_real_photos():
+    """The bundled ``faceres_v2`` (112 px colour, 8 classes, < 20 MB) is ahead of ``fernet_v3`` on RAF-DB
+    validation faces (web photos held out from training), in accuracy and balanced accuracy, by a clear margin,
+    and keeps most of it on FER+'s 48 px grey crops (0.803 / 0.735 on all 3,396; ``docs/experiments.md``)."""
+    (acc3, bal3), (acc2, bal2) = _scores("fernet_v3", "rafdb", 3), _scores("faceres_v2", "rafdb", 3)
+    assert acc2 >= 0.75 and bal2 >= 0.68, (acc2, bal2)
+    assert acc2 >= acc3 + 0.04 and bal2 >= bal3 + 0.12, (acc3, bal3, acc2, bal2)
+    acc, bal = _scores("faceres_v2", "ferplus", 8)  # 425 faces
+    assert acc >= 0.76 and bal >= 0.66, (acc, bal)
 
 
 def test_classifier_tta_averages_the_views_of_each_face(classifier, tmp_path):

@@ -29,7 +29,7 @@ _default: Pipeline | None = None
 
 def load_model(checkpoint: str | Path | None = None, **settings: Any) -> Pipeline:
     """A ready :class:`~emolens.live.pipeline.Pipeline`: the default bundled model (or ``checkpoint``: a file, or
-    a bundled model's name such as ``"faceres_v1"``) behind a face detector, with the same defaults as the CLI
+    a bundled model's name such as ``"faceres_v2"``) behind a face detector, with the same defaults as the CLI
     and the server. ``settings`` are the fields of
     :class:`~emolens.live.settings.PipelineSettings`: ``detector`` (auto, yunet, haar), ``detector_model``,
     ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``. A value outside

@@ -43,15 +43,19 @@ class CheckpointError(ValueError):
 #: Models shipped inside the package (``src/emolens/weights/``, see its ``MODEL_CARD.md``): name -> file.
 BUNDLED = {
     "fernet_v3": "fernet_v3.pt",
-    "faceres_v1": "faceres_v1.pt",
+    "faceres_v2": "faceres_v2.pt",
 }
 DEFAULT_BUNDLED = "fernet_v3"
+#: bundled models that a later one replaced: old name -> its successor (named in the error)
+RETIRED = {"faceres_v1": "faceres_v2"}
 
 
 def bundled_checkpoint(name: str = DEFAULT_BUNDLED) -> Path:
-    """Path of a bundled model by name (``fernet_v3``, the default, or ``faceres_v1``)."""
+    """Path of a bundled model by name (``fernet_v3``, the default, or ``faceres_v2``)."""
     from importlib import resources
 
+    if name in RETIRED:
+        raise CheckpointError(f"{name}: no longer bundled; its successor is {RETIRED[name]} (weights/MODEL_CARD.md)")
     if name not in BUNDLED:
         raise CheckpointError(f"{name}: not a bundled model (bundled: {', '.join(BUNDLED)})")
     return Path(str(resources.files("emolens") / "weights" / BUNDLED[name]))
@@ -63,7 +67,7 @@ def resolve_checkpoint(value: str | Path | None) -> Path:
     if value is None or str(value) == "":
         return bundled_checkpoint()
     path = Path(value)
-    if not path.exists() and str(value) in BUNDLED:
+    if not path.exists() and (str(value) in BUNDLED or str(value) in RETIRED):
         return bundled_checkpoint(str(value))
     return path
 

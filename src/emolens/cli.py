@@ -102,7 +102,7 @@ def command(
 #: ``--checkpoint`` help, the same for every subcommand that runs a model.
 CHECKPOINT_HELP = (
     "a checkpoint from `emolens train`, or a bundled model: fernet_v3 (the default; 48 px grey; 34-49 FPS "
-    "with 1 face, 21-27 with 8 on 2 CPU cores) or faceres_v1 (opt-in, for photos of real people: far better on "
+    "with 1 face, 21-27 with 8 on 2 CPU cores) or faceres_v2 (opt-in, for photos of real people: far better on "
     "web photos, worse on FER-like crops; 112 px colour; 32-42 FPS with 1 face, 17-22 with 8; see README)"
 )
 
