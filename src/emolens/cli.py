@@ -103,7 +103,7 @@ def command(
 CHECKPOINT_HELP = (
     "a checkpoint from `emolens train`, or a bundled model: fernet_v3 (the default; 48 px grey; 34-49 FPS "
     "with 1 face, 21-27 with 8 on 2 CPU cores) or faceres_v2 (opt-in, for photos of real people: far better on "
-    "web photos, worse on FER-like crops; 112 px colour; 32-42 FPS with 1 face, 17-22 with 8; see README)"
+    "web photos, worse on FER-like crops; 112 px colour; 29-44 FPS with 1 face, 16-26 with 8; see README)"
 )
 
 #: TrainConfig fields a resumed run may not change (the rest: epochs, workers, progress, device, ...).
