@@ -191,14 +191,14 @@ def folded_tau(ckpt: dict) -> float:
     return total
 
 
-def _compatible(paths: list[str | Path]) -> list[dict]:
-    """Load checkpoints that must share model, classes and preprocessing (else a CheckpointError naming both)."""
+def _compatible(paths: list[str | Path], keys: tuple[str, ...] = ("model", "classes", "preprocess")) -> list[dict]:
+    """Load checkpoints that must share ``keys`` (else a CheckpointError naming both)."""
     if not paths:
         raise CheckpointError("no checkpoints given")
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]
     for p, c in zip(paths, ckpts, strict=True):
-        for key in ("model", "classes", "preprocess"):
+        for key in keys:
             if c[key] != first[key]:
                 raise CheckpointError(f"{p}: {key} {c[key]!r} differs from {paths[0]}'s {first[key]!r}")
     return ckpts
@@ -211,10 +211,15 @@ def _mean_prior(ckpts: list[dict]) -> np.ndarray:
     return sum(c / c.sum() for c in counts) / len(counts) * size
 
 
+def half_state(state: dict) -> dict:
+    """``state`` with its floating-point tensors stored as float16 (loading casts them back to float32)."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 _TRAINING_ONLY = ("optimizer", "scheduler", "history", "best", "epoch", "val_metrics", "prior_shift", "config")
 
 
-def ensemble_checkpoints(paths: list[str | Path], half: bool = False) -> dict:
+def ensemble_checkpoints(paths: list[str | Path]) -> dict:
     """One checkpoint of an :class:`~emolens.models.Ensemble` of ``paths`` (mean log-probabilities).
 
     Runs of one model with one preprocessing give model ``<model>_x<K>``. Different models (a 48 px grey net
@@ -222,22 +227,16 @@ def ensemble_checkpoints(paths: list[str | Path], half: bool = False) -> dict:
     faces (colour first), and each other member gets its own through an
     :class:`~emolens.models.InputAdapter`. All must share the classes. ``train_counts`` becomes the mean of
     the members' class frequencies (scaled to their mean size), the prior that ``emolens rebalance`` then
-    uses. ``half`` stores the weights as float16 (half the file; they are float32 again once loaded).
+    uses. :func:`half_state` halves the file (``emolens ensemble --half``).
     """
-    if not paths:
-        raise CheckpointError("no checkpoints given")
-    ckpts = [load_checkpoint(p) for p in paths]
+    ckpts = _compatible(paths, keys=("classes",))
     first = ckpts[0]
     for p, c in zip(paths, ckpts, strict=True):
-        if c["classes"] != first["classes"]:
-            raise CheckpointError(f"{p}: classes {c['classes']!r} differ from {paths[0]}'s {first['classes']!r}")
         if c["model"] == MIXED_ENSEMBLE:
             raise CheckpointError(f"{p}: already an ensemble of different models; list its members instead")
     same = all(c["model"] == first["model"] and c["preprocess"] == first["preprocess"] for c in ckpts)
     state = {f"members.{k}.{n}": v for k, c in enumerate(ckpts) for n, v in c["state_dict"].items()}
     state["logit_bias"] = torch.zeros(first["num_classes"])
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         **first,
         "model": f"{first['model']}_x{len(ckpts)}",

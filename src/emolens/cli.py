@@ -315,25 +315,26 @@ def ensemble_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("ensemble", "combine models into one checkpoint (mean log-probs)", ensemble_arguments)
 def cmd_ensemble(a: argparse.Namespace) -> int:
-    from .checkpoint import build_from_checkpoint, ensemble_checkpoints, load_checkpoint, save_atomic
+    from .checkpoint import build_from_checkpoint, ensemble_checkpoints, half_state, save_atomic
 
-    payload = ensemble_checkpoints(a.checkpoints, half=a.half)
+    payload = ensemble_checkpoints(a.checkpoints)
+    if a.half:  # what float16 storage changes: the float32 ensemble's answers against the stored one's
+        import torch
+
+        full, pre = build_from_checkpoint(payload)
+        payload = {**payload, "state_dict": half_state(payload["state_dict"])}
+        stored, _ = build_from_checkpoint(payload)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(16, pre.channels, pre.image_size, pre.image_size, generator=gen)
+        with torch.no_grad():
+            diff = (full(x).softmax(1) - stored(x).softmax(1)).abs().max().item()
     save_atomic(payload, a.out)
     pre = payload["preprocess"]
     print(
         f"wrote {a.out} ({payload['model']}: {len(a.checkpoints)} members; input {pre['image_size']} px "
         f"{'grey' if pre['channels'] == 1 else 'RGB'})"
     )
-    if a.half:  # what float16 storage changed: the answers of the float32 members against the stored ones
-        import torch
-
-        full, _ = build_from_checkpoint(ensemble_checkpoints(a.checkpoints))
-        stored, _ = build_from_checkpoint(load_checkpoint(a.out))
-        x = torch.randn(
-            16, pre["channels"], pre["image_size"], pre["image_size"], generator=torch.Generator().manual_seed(0)
-        )
-        with torch.no_grad():
-            diff = (full(x).softmax(1) - stored(x).softmax(1)).abs().max().item()
+    if a.half:
         print(f"float16 storage: largest probability change on random faces {diff:.2e}")
     return 0
 
