@@ -166,7 +166,7 @@ def train_counts(ckpt: dict) -> np.ndarray:
     """Class counts of the checkpoint's training split: stored in it, or re-counted from its config."""
     if "train_counts" in ckpt:
         return np.asarray(ckpt["train_counts"], float)
-    from .data import dataset_samples, parse_data_spec
+    from .data import dataset_samples, parse_data_spec, repeat_samples
 
     cfg = ckpt.get("config") or {}
     if not cfg.get("root"):
@@ -176,9 +176,9 @@ def train_counts(ckpt: dict) -> np.ndarray:
     counts = np.zeros(len(classes), float)
     for kind, root, repeat in specs:
         samples, cls = dataset_samples(kind, root, "train", cfg.get("protocol", "paper"), cfg.get("seed", 0))
-        for s in samples:
+        for s in repeat_samples(samples, repeat):
             if cls[s.label] in classes:
-                counts[classes.index(cls[s.label])] += repeat
+                counts[classes.index(cls[s.label])] += 1
     return counts
 
 

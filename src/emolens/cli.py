@@ -158,7 +158,7 @@ def _data_paths(key: str, value):
         from .data import parse_data_spec
 
         specs = [parse_data_spec(x) for x in value]
-        return [f"{k}={Path(r).resolve()}" + (f"*{n}" if n > 1 else "") for k, r, n in specs]
+        return [f"{k}={Path(r).resolve()}" + (f"*{n}" if n != 1 else "") for k, r, n in specs]
     return value
 
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,18 +51,38 @@ def dataset_samples(
     raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
 
 
-def parse_data_spec(spec: str) -> tuple[str, str, int]:
-    """``KIND=ROOT`` or ``KIND=ROOT*N`` (repeat its training samples N times) -> (kind, root, repeat)."""
+def parse_data_spec(spec: str) -> tuple[str, str, float]:
+    """``KIND=ROOT``, ``KIND=ROOT*N`` or ``KIND=ROOT*F`` -> (kind, root, repeat).
+
+    ``N`` (a whole number) repeats the set's training samples N times; ``F`` between 0 and 1 keeps that
+    share of them (a subset fixed by :func:`subsample`), to down-weight a large set in a mix.
+    """
     kind, sep, root = spec.partition("=")
     if not sep or not root:
         raise ValueError(f"{spec!r}: expected KIND=ROOT (e.g. ckplus=../shared/data/ckplus), KIND one of {KINDS}")
-    repeat = 1
+    repeat: float = 1
     head, star, n = root.rpartition("*")
-    if star and n.isdigit():
-        root, repeat = head, int(n)
+    if star and re.fullmatch(r"\d+|0?\.\d+", n):
+        root, repeat = head, (int(n) if n.isdigit() else float(n))
+        if repeat <= 0:
+            raise ValueError(f"{spec!r}: the repeat after '*' must be above 0")
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r} in {spec!r}; choose one of {KINDS}")
-    return kind, root, max(1, repeat)
+    return kind, root, repeat
+
+
+def subsample(samples: list[Sample], share: float, seed: int = 0) -> list[Sample]:
+    """A fixed random ``share`` (0-1] of ``samples``, in their order: the same subset on every run."""
+    if share >= 1:
+        return list(samples)
+    keep = max(1, round(len(samples) * share))
+    idx = np.sort(np.random.default_rng(seed).choice(len(samples), keep, replace=False))
+    return [samples[i] for i in idx]
+
+
+def repeat_samples(samples: list[Sample], repeat: float) -> list[Sample]:
+    """Training samples repeated ``repeat`` times (a whole number) or subsampled to that share (below 1)."""
+    return samples * int(repeat) if repeat >= 1 else subsample(samples, repeat)
 
 
 def open_dataset(
@@ -86,7 +107,7 @@ def open_dataset(
     while it is built unless ``progress`` is false.
 
     ``extra`` adds more datasets as ``KIND=ROOT`` (or ``KIND=ROOT*N`` to repeat its training
-    samples N times): the same split of each is appended, all labels in the canonical 8 classes.
+    samples N times, ``KIND=ROOT*0.25`` to keep a fixed quarter of them): the same split of each is appended, all labels in the canonical 8 classes.
     """
     samples, classes = dataset_samples(kind, root, split, protocol, seed)
     name = f"{kind}:{split}"
@@ -97,7 +118,8 @@ def open_dataset(
         for spec in extra:
             k, r, repeat = parse_data_spec(spec)
             more, cls = dataset_samples(k, r, split, protocol, seed)
-            samples += _in_classes(more, cls) * (repeat if split == "train" else 1)
+            more = _in_classes(more, cls)
+            samples += repeat_samples(more, repeat) if split == "train" else more
             name += f"+{k}"
             taken = {p[0] for p in parts}
             part = k if k not in taken else next(f"{k}{i}" for i in range(2, len(parts) + 2) if f"{k}{i}" not in taken)
@@ -142,6 +164,8 @@ __all__ = [
     "dataset_samples",
     "group_split",
     "parse_data_spec",
+    "repeat_samples",
+    "subsample",
     "open_dataset",
     "read_image",
     "stratified_split",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -272,21 +274,32 @@ class Trainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ state
-    def _load_matching(self, path: str | Path, expect_model: str | None = None) -> dict:
-        """An emolens checkpoint that answers in this run's classes and reads this run's input."""
+    def _load_matching(self, path: str | Path, expect_model: str | None = None, any_size: bool = False) -> dict:
+        """An emolens checkpoint that answers in this run's classes and reads this run's input.
+
+        ``any_size`` accepts another input size (same channels and normalisation): a start for a run at a
+        new resolution, which nets with global pooling take as they are.
+        """
         ckpt = load_checkpoint(path, expect_model=expect_model, expect_classes=len(self.classes))
         if list(ckpt["classes"]) != list(self.classes):
             raise CheckpointError(f"{path}: classes {ckpt['classes']} differ from the dataset's {list(self.classes)}")
-        if Preprocess.from_dict(ckpt["preprocess"]) != self.pre:
+        pre = Preprocess.from_dict(ckpt["preprocess"])
+        if any_size:
+            pre = dataclasses.replace(pre, image_size=self.pre.image_size)
+        if pre != self.pre:
             raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
         return ckpt
 
     def _init_from(self, path: str | Path) -> None:
-        """Start from the weights of an emolens checkpoint of the same model, classes and input."""
-        ckpt = self._load_matching(path, expect_model=self.cfg.model)
-        self.model.load_state_dict(ckpt["state_dict"])
+        """Start from the weights of an emolens checkpoint of the same model and classes (any input size)."""
+        ckpt = self._load_matching(path, expect_model=self.cfg.model, any_size=True)
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:  # e.g. a net whose layer sizes depend on the input size
+            raise CheckpointError(f"{path}: its weights do not fit this run's model: {e}") from None
         if self.is_main:
-            log.info("initialised from %s", path)
+            size = ckpt["preprocess"]["image_size"]
+            log.info("initialised from %s%s", path, f" (trained at {size} px)" if size != self.pre.image_size else "")
 
     def _load_teacher(self, path: str | Path) -> nn.Module:
         """The frozen model to distil from; it must see the same input and answer in the same classes."""
