@@ -315,3 +315,27 @@ def test_several_datasets_in_one_label_space(tmp_path, fer2013_root):
         with pytest.raises(ValueError, match="KIND=ROOT|unknown dataset kind"):
             parse_data_spec(bad)
     assert parse_data_spec("sfew=/a*b/c*4") == ("sfew", "/a*b/c", 4)
+    assert parse_data_spec("sfew=/a*0.25") == ("sfew", "/a", 0.25)
+    with pytest.raises(ValueError, match="above 0"):
+        parse_data_spec("sfew=/a*0")
+
+
+def test_a_share_below_one_keeps_a_fixed_subset_of_training_faces(tmp_path):
+    from emolens.checkpoint import train_counts
+
+    folder = make_folder_dataset(tmp_path / "mine", classes=("contempt", "happy"), per_class=20)
+    full = open_dataset("folder", folder, "train")
+    half = open_dataset("folder", folder, "train", extra=[f"folder={folder}*0.5"])
+    again = open_dataset("folder", folder, "train", extra=[f"folder={folder}*.5"])
+    n = len(full)
+    assert len(half) == n + round(n / 2) and half.parts[1] == ("folder2", n, len(half))
+    extra = [s.path for s in half.samples[n:]]
+    assert extra == [s.path for s in again.samples[n:]]  # the same subset on every run
+    assert len(set(extra)) == len(extra) and set(extra) < {s.path for s in full.samples}
+    assert extra == sorted(extra, key=[s.path for s in full.samples].index)  # in the set's own order
+    val = open_dataset("folder", folder, "val", extra=[f"folder={folder}*0.5"])
+    assert len(val) == 2 * len(open_dataset("folder", folder, "val"))  # validation is never subsampled
+    # a checkpoint's class counts re-counted from its config see the same subset
+    cfg = {"dataset": "folder", "root": str(folder), "extra_data": [f"folder={folder}*0.5"]}
+    counts = train_counts({"classes": list(full.classes), "config": cfg})
+    assert counts.sum() == len(half) and (counts == half.class_counts()).all()

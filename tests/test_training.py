@@ -185,7 +185,14 @@ def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
     with pytest.raises(CheckpointError, match="fernet"):
         Trainer(_cfg(tiny_root, tmp_path / "c", model="fernet", init=str(first / "best.pt")))
     with pytest.raises(CheckpointError, match="input"):
-        Trainer(_cfg(tiny_root, tmp_path / "d", image_size=48, init=str(first / "best.pt")))
+        Trainer(_cfg(tiny_root, tmp_path / "d", channels=3, init=str(first / "best.pt")))
+    # another input size: a globally pooled net starts from the same weights; a net whose shapes depend on it fails
+    bigger = Trainer(_cfg(tiny_root, tmp_path / "e", image_size=48, init=str(first / "best.pt")))
+    assert bigger.pre.image_size == 48
+    assert all(torch.equal(v, start[k]) for k, v in bigger.model.state_dict().items())
+    cnn = train(_cfg(tiny_root, tmp_path / "f", model="paper_cnn", epochs=1))
+    with pytest.raises(CheckpointError, match="do not fit this run's model"):
+        Trainer(_cfg(tiny_root, tmp_path / "g", model="paper_cnn", image_size=64, init=str(cnn / "best.pt")))
 
 
 def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):
