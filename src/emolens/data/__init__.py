@@ -107,7 +107,8 @@ def open_dataset(
     while it is built unless ``progress`` is false.
 
     ``extra`` adds more datasets as ``KIND=ROOT`` (or ``KIND=ROOT*N`` to repeat its training
-    samples N times, ``KIND=ROOT*0.25`` to keep a fixed quarter of them): the same split of each is appended, all labels in the canonical 8 classes.
+    samples N times, ``KIND=ROOT*0.25`` to keep a fixed quarter of them): the same split of each is
+    appended (validation and test never subsampled), all labels in the canonical 8 classes.
     """
     samples, classes = dataset_samples(kind, root, split, protocol, seed)
     name = f"{kind}:{split}"
