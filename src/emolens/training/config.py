@@ -15,7 +15,7 @@ class TrainConfig:
 
     dataset: str = "ferplus"
     root: str = ""
-    extra_data: list[str] = field(default_factory=list)  # more datasets, KIND=ROOT[*N], one label space
+    extra_data: list[str] = field(default_factory=list)  # more datasets, KIND=ROOT[*N or *share], one label space
     model: str = "fernet"
     out: str = "runs/exp"
     pretrained: bool = False
