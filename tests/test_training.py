@@ -496,10 +496,24 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         assert torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-4)
         again = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=True, **kw))
         assert torch.equal(again.train_ds.targets_, targets)
-    with pytest.raises(CheckpointError, match="input"):
-        Trainer(_cfg(tiny_root, tmp_path / "x", image_size=48, teacher=str(tmp_path / "shifted.pt")))
     with pytest.raises(ValueError, match="set teacher"):
         _cfg(tiny_root, tmp_path / "y", teacher_offline=True).validate()
+
+
+def test_a_teacher_with_another_input_reads_the_students_faces_resized(tiny_root, tmp_path):
+    """A 32 px teacher of a 48 px student answers the student's faces as it answers its own 32 px faces (the
+    adapter repeats the loaders' resize); a colour teacher cannot be fed a grey student's faces."""
+    t32 = train(_cfg(tiny_root, tmp_path / "t", epochs=3)) / "best.pt"
+    student = Trainer(_cfg(tiny_root, tmp_path / "s", image_size=48, teacher=str(t32), kd_weight=0.5))
+    own = Trainer(_cfg(tiny_root, tmp_path / "o"))  # the teacher's own input, the same validation faces
+    teacher, _ = build_from_checkpoint(load_checkpoint(t32))
+    wrapped, _, _ = predict_loader(student.teacher, student.val_loader, torch.device("cpu"))
+    direct, labels, _ = predict_loader(teacher.eval(), own.val_loader, torch.device("cpu"))
+    assert (direct.argmax(1) == labels).mean() >= 0.9  # a teacher worth reading
+    assert (wrapped.argmax(1) == direct.argmax(1)).mean() >= 0.95 and abs(wrapped - direct).mean() < 0.05
+    colour = train(_cfg(tiny_root, tmp_path / "c", epochs=1, channels=3)) / "best.pt"
+    with pytest.raises(CheckpointError, match="cannot be made from this run's"):
+        Trainer(_cfg(tiny_root, tmp_path / "x", teacher=str(colour)))
 
 
 def test_head_warmup_is_refused_under_ddp_before_any_process_group(tiny_root, tmp_path, monkeypatch):

@@ -279,14 +279,19 @@ class Trainer:
         ``any_size`` accepts another input size (same channels and normalisation): a start for a run at a
         new resolution, which nets with global pooling take as they are.
         """
-        ckpt = load_checkpoint(path, expect_model=expect_model, expect_classes=len(self.classes))
-        if list(ckpt["classes"]) != list(self.classes):
-            raise CheckpointError(f"{path}: classes {ckpt['classes']} differ from the dataset's {list(self.classes)}")
+        ckpt = self._load_classes(path, expect_model)
         pre = Preprocess.from_dict(ckpt["preprocess"])
         if any_size:
             pre = dataclasses.replace(pre, image_size=self.pre.image_size)
         if pre != self.pre:
             raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
+        return ckpt
+
+    def _load_classes(self, path: str | Path, expect_model: str | None = None) -> dict:
+        """An emolens checkpoint that answers in this run's classes (any input)."""
+        ckpt = load_checkpoint(path, expect_model=expect_model, expect_classes=len(self.classes))
+        if list(ckpt["classes"]) != list(self.classes):
+            raise CheckpointError(f"{path}: classes {ckpt['classes']} differ from the dataset's {list(self.classes)}")
         return ckpt
 
     def _init_from(self, path: str | Path) -> None:
@@ -301,9 +306,24 @@ class Trainer:
             log.info("initialised from %s%s", path, f" (trained at {size} px)" if size != self.pre.image_size else "")
 
     def _load_teacher(self, path: str | Path) -> nn.Module:
-        """The frozen model to distil from; it must see the same input and answer in the same classes."""
-        ckpt = self._load_matching(path)
+        """The frozen model to distil from, in this run's classes.
+
+        A teacher that reads another input (a 224 px net for a 112 px student, or a grey one for a colour
+        student) gets the student's faces through an :class:`emolens.models.InputAdapter`: the loaders'
+        grey conversion and resize, so its answers match what it gives on faces resized from the student's.
+        """
+        ckpt = self._load_classes(path)
         teacher, _ = build_from_checkpoint(ckpt, str(path))
+        tpre = Preprocess.from_dict(ckpt["preprocess"])
+        if tpre != self.pre:
+            try:
+                teacher = nn.Sequential(models.InputAdapter(self.pre, tpre), teacher)
+            except ValueError as e:
+                msg = f"{path}: its input {ckpt['preprocess']} cannot be made from this run's: {e}"
+                raise CheckpointError(msg) from None
+            if self.is_main:
+                size = (self.pre.image_size, tpre.image_size)
+                log.info("teacher reads this run's %d px faces as its %d px input", *size)
         teacher.to(self.device).eval().requires_grad_(False)
         if self.cfg.channels_last:
             teacher.to(memory_format=torch.channels_last)
