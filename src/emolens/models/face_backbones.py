@@ -172,7 +172,6 @@ class FaceResMobileNet(_Backbone):
         # (the same outputs, zero padding included). Its kernel is then of the size of the others (~0.4, not
         # ~0.0015), so one optimizer step does not rewrite it: Adam's steps are about lr whatever the weight's
         # scale, and at 0-255 a 3e-4 step moved the first layer's weights by 20 % and training collapsed.
-        self.input = input
         self.scale = PixelScale(CAFFE_MEAN_BGR, 1 / 255, bgr=True) if input == "bgr_mean" else PixelScale(0.0, 1 / 255)
         layers = [ConvBN(3, 32, 3, 2)]
         cin = 32

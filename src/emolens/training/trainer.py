@@ -313,8 +313,7 @@ class Trainer:
         grey conversion and resize, so its answers match what it gives on faces resized from the student's.
         """
         ckpt = self._load_classes(path)
-        teacher, _ = build_from_checkpoint(ckpt, str(path))
-        tpre = Preprocess.from_dict(ckpt["preprocess"])
+        teacher, tpre = build_from_checkpoint(ckpt, str(path))
         if tpre != self.pre:
             try:
                 teacher = nn.Sequential(models.InputAdapter(self.pre, tpre), teacher)
