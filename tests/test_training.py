@@ -111,6 +111,47 @@ def test_config_rejects_bad_values():
         TrainConfig(optimizer="adam").validate()
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0).validate()  # a decay of 1 would never move from the first step's weights
+
+
+def test_ema_is_what_validation_scores_and_best_pt_keeps(tiny_root, tmp_path):
+    """--ema: best.pt holds the moving average of the weights after each step (with the warm-up), not the last
+    weights, and the epoch's validation scores that average."""
+    decay = 0.9
+    t = Trainer(_cfg(tiny_root, tmp_path / "run", epochs=1, ema=decay))
+    steps = []
+    t.opt.register_step_post_hook(
+        lambda *_: steps.append({k: v.detach().clone() for k, v in t.model.state_dict().items()})
+    )
+    (row,) = t.fit()
+    assert len(steps) == len(t.train_loader) > 3
+    expected = dict(steps[0])
+    for n, weights in enumerate(steps[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        expected = {k: d * expected[k] + (1 - d) * v if v.is_floating_point() else v for k, v in weights.items()}
+    best = load_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
+    for k, v in expected.items():
+        torch.testing.assert_close(best[k], v, atol=1e-5, rtol=1e-5, msg=k)
+    assert max(float((best[k] - steps[-1][k]).abs().max()) for k in best if best[k].is_floating_point()) > 1e-3
+    model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"))
+    _, _, loss = predict_loader(model, t.val_loader, torch.device("cpu"))
+    assert loss == pytest.approx(row["val_loss"], rel=1e-5)
+
+
+def test_ema_resumes_exactly_and_is_not_added_to_a_run_without_it(tiny_root, tmp_path):
+    straight = Trainer(_cfg(tiny_root, tmp_path / "a", epochs=3, ema=0.95))
+    straight.fit()
+    first = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, ema=0.95))
+    first.fit(stop_after=2)
+    resumed = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, ema=0.95))
+    assert resumed.resume() and resumed.start_epoch == 2
+    resumed.fit()
+    for (k, a), b in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    Trainer(_cfg(tiny_root, tmp_path / "c", epochs=2)).fit(stop_after=1)
+    with pytest.raises(ValueError, match="c/last.pt: this run was trained without ema"):
+        Trainer(_cfg(tiny_root, tmp_path / "c", epochs=2, ema=0.9)).resume()
 
 
 DDP_SCRIPT = textwrap.dedent("""

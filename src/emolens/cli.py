@@ -126,6 +126,7 @@ RESUME_FROZEN = (
     "warmup_epochs",
     "freeze_bn",
     "recalibrate_bn",
+    "ema",
     "backbone_lr",
     "head_warmup_epochs",
     "freeze_stages",

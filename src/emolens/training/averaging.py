@@ -1,4 +1,5 @@
-"""Weight averaging (SWA, Izmailov et al. 2018): one model from the mean of several snapshots' weights.
+"""Weight averaging: the mean of several snapshots' weights (SWA, Izmailov et al. 2018), and a moving average of
+the weights while training (EMA, :func:`ema_model`).
 
 :func:`emolens.checkpoint.average_checkpoints` averages the weights; the averaged net's BatchNorm layers
 then need running statistics of their own, which :func:`recompute_batchnorm` measures on training faces
@@ -13,7 +14,28 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Subset
+
+
+def ema_model(model: nn.Module, decay: float, warmup: bool = True) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and buffers (``torch.optim.swa_utils.AveragedModel``),
+    updated by ``ema.update_parameters(model)`` after each optimizer step: ``w_ema <- d * w_ema + (1 - d) * w``.
+
+    ``warmup`` (timm's and TensorFlow's): step ``n`` uses ``d = min(decay, (1 + n) / (10 + n))``, so the average
+    forgets the starting weights (a new head's random ones) in tens of steps instead of ``1 / (1 - decay)``.
+    Integer buffers (BatchNorm's batch counter) follow the model."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if not torch.is_floating_point(averaged[0]):
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+            return
+        d = min(decay, (1 + float(n)) / (10 + float(n))) if warmup else decay
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -25,6 +25,7 @@ from ..data import FaceDataset, open_dataset
 from ..evaluation.inference import multi_view_log_probs, predict_loader
 from ..evaluation.metrics import classification_metrics
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
+from .averaging import ema_model
 from .config import TrainConfig
 from .losses import (
     class_weights,
@@ -217,6 +218,8 @@ class Trainer:
             self.teacher = None
         # before DDP and the optimizer: neither ever sees the frozen stages' parameters
         self.frozen = freeze_stages(self.model, cfg.freeze_stages)
+        # --ema: a moving average of the weights, updated after every step; validation and best.pt use it
+        self.ema = ema_model(self.model, cfg.ema) if cfg.ema else None
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -330,7 +333,13 @@ class Trainer:
             log.info("distilling from %s (%s)", path, ckpt["model"])
         return teacher
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation scores and ``best.pt`` keeps: the moving average with ``--ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _train_state(self, epoch: int) -> dict:
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return model_payload(
             self.model,
             self.cfg.model,
@@ -343,6 +352,7 @@ class Trainer:
             best=self.best,
             history=self.history,
             train_counts=self.counts.tolist(),
+            **extra,
         )
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -354,6 +364,10 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise ValueError(f"{path}: an inference-only checkpoint cannot resume training (use last.pt)")
         self.model.load_state_dict(ckpt["state_dict"])
+        if self.ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError(f"{path}: this run was trained without ema, so it cannot continue with it")
+            self.ema.load_state_dict(ckpt["ema"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.start_epoch, self.best, self.history = ckpt["epoch"] + 1, ckpt["best"], ckpt["history"]
@@ -419,6 +433,8 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.sched.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -465,7 +481,7 @@ class Trainer:
 
     def validate(self) -> dict:
         probs, labels, loss = predict_loader(
-            self.model, self.val_loader, self.device, tta=self.cfg.tta, channels_last=self.channels_last
+            self.eval_model, self.val_loader, self.device, tta=self.cfg.tta, channels_last=self.channels_last
         )
         preds = probs.argmax(1)
         m = classification_metrics(labels, preds, self.classes)
@@ -495,8 +511,10 @@ class Trainer:
             t0 = time.time()
             tr_loss, tr_acc = self.train_epoch(epoch)
             if cfg.precise_bn:  # the epoch's last weights, their own statistics (the modes train_epoch set)
+                for a, b in zip(self.model.modules(), self.eval_model.modules(), strict=True):
+                    b.training = a.training  # the average (--ema) measured in the modes the model trained in
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    precise_batchnorm(self.model, self._train_batches(cfg.precise_bn))
+                    precise_batchnorm(self.eval_model, self._train_batches(cfg.precise_bn))
             if self.distributed:
                 self._sync_buffers()
                 t = torch.tensor([tr_loss, tr_acc], device=self.device)
@@ -524,7 +542,7 @@ class Trainer:
             if self.is_main:
                 if improved or cfg.keep_epochs:
                     weights = model_payload(
-                        self.model,
+                        self.eval_model,
                         cfg.model,
                         self.classes,
                         self.pre,
