@@ -360,7 +360,12 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     common = ["--model", "fernet_tiny", "--image-size", "32", "--workers", "0", "--no-progress", "--no-cache"]
     assert main(["train", "--root", str(root), "--dataset", "folder", "--epochs", "1", "--out", str(run), *common]) == 0
     before = (run / "config.json").read_text()
-    for flags, named in ((["--lr", "0.5"], "--lr (0.001 -> 0.5)"), (["--optimizer", "sgd"], "--optimizer")):
+    changes = (
+        (["--lr", "0.5"], "--lr (0.001 -> 0.5)"),
+        (["--optimizer", "sgd"], "--optimizer"),
+        (["--ema", "0.99"], "--ema (0.0 -> 0.99)"),  # the average would start mid-run from nothing
+    )
+    for flags, named in changes:
         capsys.readouterr()
         assert main(["train", "--resume", "--out", str(run), "--epochs", "2", *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
