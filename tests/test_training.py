@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
 from emolens.training.checkpoint import unwrap
+from emolens.training.sam import SharpnessAware, batchnorm_statistics_held
 from emolens.training.trainer import native_bf16, per_set_metrics
 
 
@@ -113,6 +115,8 @@ def test_config_rejects_bad_values():
         TrainConfig.from_dict({"epochz": 3})
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(ema=1.0).validate()  # a decay of 1 would never move from the first step's weights
+    with pytest.raises(ValueError, match="sam"):
+        TrainConfig(sam=-0.05).validate()
 
 
 def test_ema_is_what_validation_scores_and_best_pt_keeps(tiny_root, tmp_path):
@@ -137,6 +141,87 @@ def test_ema_is_what_validation_scores_and_best_pt_keeps(tiny_root, tmp_path):
     model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"))
     _, _, loss = predict_loader(model, t.val_loader, torch.device("cpu"))
     assert loss == pytest.approx(row["val_loss"], rel=1e-5)
+
+
+def test_sam_step_restores_the_weights_and_moves_by_the_gradient_at_the_sharp_point():
+    """One SAM step with SGD on f(w) = 0.5 w'Aw (gradient Aw), by hand: e = rho g / |g|, step -lr A (w + e)."""
+    a = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sam = SharpnessAware([w], rho=0.5)
+    w0 = w.detach().clone()
+    (0.5 * w @ a @ w).backward()
+    g = a @ w0
+    sam.ascend()
+    torch.testing.assert_close(w.detach(), w0 + 0.5 * g / g.norm())
+    opt.zero_grad()
+    (0.5 * w @ a @ w).backward()
+    sam.descend()
+    assert torch.equal(w.detach(), w0)  # restored bit for bit
+    opt.step()
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * (a @ (w0 + 0.5 * g / g.norm())))
+    with pytest.raises(ValueError, match="rho"):
+        SharpnessAware([w], rho=0.0)
+
+
+def test_batchnorm_statistics_held_normalises_with_the_batch_and_keeps_the_running_ones():
+    bn = torch.nn.BatchNorm1d(3, momentum=0.1).train()
+    x = torch.randn(16, 3) * 4 + 7
+    with batchnorm_statistics_held(bn):
+        out = bn(x)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
+    torch.testing.assert_close(out.mean(0), torch.zeros(3), atol=1e-5, rtol=0)  # the batch's own statistics
+    assert bn.momentum == 0.1
+    bn(x)
+    assert bn.running_mean.abs().min() > 0.1  # outside, statistics update again
+
+
+def test_sam_trainer_steps_with_the_gradient_of_a_second_pass_at_the_sharp_weights(tiny_root, tmp_path):
+    """--sam in the training loop: at each optimizer step the weights are the step's start, the gradient is the
+    loss's at w + rho g / |g| alone (the first pass's gradient zeroed), and BatchNorm's running statistics count
+    the batch once."""
+    rho = 0.5
+    t = Trainer(_cfg(tiny_root, tmp_path / "run", epochs=1, sam=rho))
+    t.model.dropout.p = 0.0  # the two passes see the same net (BatchNorm uses the batch: deterministic)
+    named = dict(t.model.named_parameters())
+    seen: dict = {}
+    loss_fn, ascend, descend = t._loss, t.sam.ascend, t.sam.descend
+    t.model.register_forward_pre_hook(lambda m, inp: seen.__setitem__("x", inp[0].detach().clone()))
+
+    def spy_loss(logits, y, target, teacher_logits):
+        seen["y"] = y
+        return loss_fn(logits, y, target, teacher_logits)
+
+    def spy_ascend():
+        seen["w"] = {n: p.detach().clone() for n, p in named.items()}
+        seen["g1"] = {n: p.grad.clone() for n, p in named.items()}
+        ascend()
+        seen["bn"] = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k}
+        g_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen["g1"].values()]))
+        for n, p in named.items():
+            torch.testing.assert_close(p.detach(), seen["w"][n] + rho * seen["g1"][n] / g_norm)
+        sharp = copy.deepcopy(t.model)  # the gradient at the sharp weights, computed apart
+        sharp.zero_grad(set_to_none=True)
+        loss_fn(sharp(seen["x"]), seen["y"], None, None).backward()
+        seen["g_sharp"] = {n: p.grad.clone() for n, p in sharp.named_parameters()}
+
+    def spy_descend():
+        for k, v in seen["bn"].items():  # the second pass left the running statistics alone
+            assert torch.equal(t.model.state_dict()[k], v), k
+        descend()
+
+    def before_step(*_):
+        for n, p in named.items():
+            assert torch.equal(p.detach(), seen["w"][n]), n
+            torch.testing.assert_close(p.grad, seen["g_sharp"][n], atol=1e-6, rtol=1e-4, msg=n)
+        seen["steps"] = seen.get("steps", 0) + 1
+        seen["moved"] = max(float((seen["g_sharp"][n] - seen["g1"][n]).abs().max()) for n in named)
+
+    t._loss, t.sam.ascend, t.sam.descend = spy_loss, spy_ascend, spy_descend
+    t.opt.register_step_pre_hook(before_step)
+    t.fit()
+    assert seen["steps"] == len(t.train_loader) > 3
+    assert seen["moved"] > 1e-3  # the sharp point's gradient is not the first one's
 
 
 def test_ema_resumes_exactly_and_is_not_added_to_a_run_without_it(tiny_root, tmp_path):

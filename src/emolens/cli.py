@@ -127,6 +127,7 @@ RESUME_FROZEN = (
     "freeze_bn",
     "recalibrate_bn",
     "ema",
+    "sam",
     "backbone_lr",
     "head_warmup_epochs",
     "freeze_stages",

@@ -60,6 +60,7 @@ class TrainConfig:
     cache: bool = True  # decoded-face memmap cache
     on_error: str = "skip"  # skip | raise for unreadable images
     max_samples: int | None = None  # cap train/val size (quick experiments, tests)
+    sam: float = 0.0  # sharpness-aware minimisation radius rho (0: off; e.g. 0.05); two passes per step
     ema: float = 0.0  # moving average of the weights, decay per step (0: off); validation and best.pt use it
     keep_epochs: bool = False  # also save every epoch's weights as epoch_NNN.pt (for `emolens average`)
     tta: bool = False  # flip test-time augmentation in validation/evaluation
@@ -130,5 +131,6 @@ LIMITS: dict[str, Limit] = {
     "on_error": OneOf("skip", "raise"),
     "max_samples": Range(int, 1, optional=True),
     "ema": Range(float, 0, 1, hi_open=True),  # e.g. 0.999: an average over about 1000 steps
+    "sam": Range(float, 0, 10),  # SAM's radius: 0.05 (fine-tuning, SGD or AdamW) to about 2 (adaptive SAM)
     "device": DEVICE,
 }

@@ -35,6 +35,7 @@ from .losses import (
     mix_batch,
     weighted_cross_entropy,
 )
+from .sam import SharpnessAware, batchnorm_statistics_held
 from .sampler import EpochSampler
 from .teacher import agreement, precompute_targets
 
@@ -220,6 +221,8 @@ class Trainer:
         self.frozen = freeze_stages(self.model, cfg.freeze_stages)
         # --ema: a moving average of the weights, updated after every step; validation and best.pt use it
         self.ema = ema_model(self.model, cfg.ema) if cfg.ema else None
+        # --sam: each step's gradient is taken at the worst weights within rho (two passes a step)
+        self.sam = SharpnessAware(self.model.parameters(), cfg.sam) if cfg.sam else None
         self.ddp_model: nn.Module = self.model
         if self.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -420,17 +423,17 @@ class Trainer:
                             teacher_logits = self.teacher(x).float()
                         else:
                             teacher_logits = multi_view_log_probs(self.teacher, x, cfg.teacher_views)
-            if cfg.loss == "logit_adjusted":
-                loss = logit_adjusted_cross_entropy(
-                    logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
-                )
-            else:
-                loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
-            if teacher_logits is not None:
-                kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature)
-                loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
+            loss = self._loss(logits, y, target, teacher_logits)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if self.sam is not None:  # the same batch again at the worst weights nearby; its gradient steps
+                self.sam.ascend()
+                with batchnorm_statistics_held(self.model):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                        sharp_logits = self.ddp_model(x)
+                    self.opt.zero_grad(set_to_none=True)
+                    self._loss(sharp_logits, y, target, teacher_logits).backward()
+                self.sam.descend()
             self.opt.step()
             self.sched.step()
             if self.ema is not None:
@@ -440,6 +443,26 @@ class Trainer:
             n += len(y)
             bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
         return loss_sum / max(n, 1), correct / max(n, 1)
+
+    def _loss(
+        self,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        teacher_logits: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The training loss of one batch: the labels' (hard or soft), plus distillation with a teacher."""
+        cfg = self.cfg
+        if cfg.loss == "logit_adjusted":
+            loss = logit_adjusted_cross_entropy(
+                logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
+            )
+        else:
+            loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
+        if teacher_logits is not None:
+            kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature)
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
+        return loss
 
     def _device_batches(self):
         """This epoch's batches from the faces held on the device, augmented there (the DataLoader's order)."""
