@@ -131,6 +131,6 @@ LIMITS: dict[str, Limit] = {
     "on_error": OneOf("skip", "raise"),
     "max_samples": Range(int, 1, optional=True),
     "ema": Range(float, 0, 1, hi_open=True),  # e.g. 0.999: an average over about 1000 steps
-    "sam": Range(float, 0, 10),  # SAM's radius: 0.05 (fine-tuning, SGD or AdamW) to about 2 (adaptive SAM)
+    "sam": Range(float, 0, 10),  # SAM's radius in weight space: 0.05 in Foret et al.; 0.01 on the face recipe
     "device": DEVICE,
 }

@@ -2,8 +2,9 @@
 
 Each step's gradient is taken at the worst weights within ``rho`` (in L2 norm over all trained parameters) of
 the current ones, to first order ``w + rho * g / ||g||``, and the optimizer then steps from the current weights
-with that gradient. Minimising the loss of the neighbourhood instead of the point favours flat minima, which
-carry a fit on training faces to new faces better; each step costs two forward and backward passes.
+with that gradient. Minimising the loss of the neighbourhood instead of the point favours flat minima, meant to carry a
+fit on training faces to new faces better (on the frozen-BatchNorm face recipe it did not: docs/experiments.md,
+ninth session); each step costs two forward and backward passes.
 """
 
 from __future__ import annotations
