@@ -4,6 +4,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import YUNET, shared_path
 
 from emolens.live.classifier import EmotionClassifier
@@ -288,6 +289,13 @@ def test_classifier_tta_averages_the_views_of_each_face(classifier, tmp_path):
     assert np.abs(flip.predict(faces) - want).max() < 1e-5
     ten = EmotionClassifier(tta="shift-flip").predict(faces)
     assert np.allclose(ten.sum(1), 1, atol=1e-5) and np.abs(ten - want).max() > 1e-3
+    two = EmotionClassifier(tta="scale").predict(faces)  # the 48 px crops and the same at 55 px
+    big = torch.nn.functional.interpolate(
+        torch.from_numpy(classifier.to_input(faces)), size=(55, 55), mode="bilinear", antialias=True
+    )
+    with torch.no_grad():
+        at55 = classifier.model(big).softmax(1).numpy()
+    assert np.abs(two - (classifier.predict(faces) + at55) / 2).max() < 1e-5
     with pytest.raises(ValueError, match="PyTorch backend"):
         EmotionClassifier(backend="onnx", onnx_path=tmp_path / "m.onnx", tta="flip")
     with pytest.raises(ValueError, match="choose none"):

@@ -24,6 +24,44 @@ def test_view_batch_shifts_by_whole_pixels_and_mirrors():
     assert torch.equal(view_batch(x, 0.0, 0.0, False), x)
 
 
+def test_view_batch_scale_resizes_the_whole_face_in_place():
+    x = torch.zeros(1, 1, 7, 7)
+    x[..., :3] = 1.0  # bright left three columns of seven
+    up = view_batch(x, 0.0, 0.0, False, 8 / 7)
+    assert up.shape == (1, 1, 8, 8)
+    # the whole face, resized (not cropped): bright left, dark right, the edge where 3/7 of the side lands
+    assert torch.allclose(up[..., :3], torch.ones(1, 1, 8, 3), atol=1e-6) and up[..., 4:].abs().max() < 1e-6
+    assert 0.0 < float(up[0, 0, 0, 3]) < 1.0
+    flat = view_batch(torch.full((2, 3, 112, 112), 0.3), 0.0, 0.0, False, 8 / 7)
+    assert flat.shape == (2, 3, 128, 128) and torch.allclose(flat, torch.full_like(flat, 0.3))
+    assert torch.equal(view_batch(x, 0.0, 0.0, False, 1.0), x)
+
+
+class _Size(nn.Module):
+    """Logits = (side / 8, 0): the answer depends only on the size the face is read at."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = torch.full((len(x),), x.shape[-1] / 8.0)
+        return torch.stack([side, torch.zeros_like(side)], 1)
+
+
+def test_scale_views_average_the_face_read_at_its_size_and_at_eight_sevenths():
+    x = torch.zeros(3, 1, 56, 56)
+    got = multi_view_log_probs(_Size(), x, "scale").exp()
+    p56, p64 = torch.tensor([56 / 8, 0.0]).softmax(0), torch.tensor([64 / 8, 0.0]).softmax(0)
+    assert torch.allclose(got, ((p56 + p64) / 2).expand(3, 2), atol=1e-6)
+
+
+def test_scale_views_refuse_a_model_of_fixed_input_size_by_name():
+    from emolens import models
+
+    net = models.create("paper_cnn", num_classes=8, in_channels=1, image_size=224).eval()  # flattens 7x7 maps
+    x = torch.zeros(1, 1, 224, 224)
+    assert multi_view_log_probs(net, x, "flip").shape == (1, 8)
+    with pytest.raises(ValueError, match="reads 224 px faces only.*256 px view of test-time augmentation 'scale'"):
+        multi_view_log_probs(net, x, "scale")
+
+
 class _Columns(nn.Module):
     """Logits = brightness of the left half, the right half and the whole: easy to work out by hand."""
 

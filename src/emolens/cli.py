@@ -212,9 +212,9 @@ def evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _limited(
         p,
         "--tta",
-        OneOf("flip", "shift-flip"),
-        "test-time augmentation: average over the mirror image (flip, the default) or ten views (shift-flip: "
-        "mirror x four 1.4 px shifts)",
+        OneOf("flip", "shift-flip", "scale"),
+        "test-time augmentation: average over the mirror image (flip, the default), ten views (shift-flip: "
+        "mirror x four 1.4 px shifts) or the face read also at 8/7 of its side (scale)",
         nargs="?",
         const="flip",
     )
@@ -768,7 +768,8 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         "--tta",
         PIPELINE["tta"],
         "average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
-        "or mirror x four 1.4 px shifts (shift-flip, 10x); for photos more than live video",
+        "or mirror x four 1.4 px shifts (shift-flip, 10x), or the face read also at 8/7 of its side (scale, "
+        "2.3x the arithmetic); for photos more than live video",
         default=d.tta,
     )
     _limited(p, "--smooth", PIPELINE["smooth"], "temporal smoothing per face", default=d.smooth)

@@ -209,7 +209,7 @@ PIPELINE: dict[str, Limit] = {
     "smooth": OneOf("ema", "window", "none"),
     "alpha": Range(float, 0, 1, lo_open=True),
     "window": Range(int, 1),
-    "tta": OneOf("none", "flip", "shift-flip"),
+    "tta": OneOf("none", "flip", "shift-flip", "scale"),
     "threads": Range(int, 0),  # 0: the CPU cores
     "device": DEVICE,
 }

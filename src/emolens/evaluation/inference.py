@@ -16,8 +16,21 @@ def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[Vi
     """Log of the model's class probabilities averaged over ``views`` of ``x`` (a name in
     :data:`emolens.transforms.VIEWS`): test-time augmentation, and the multi-view distillation teacher."""
     vs = VIEWS[views] if isinstance(views, str) else views
-    p = sum(model(view_batch(x, *v)).float().softmax(1) for v in vs) / len(vs)
+    p = sum(_view_probs(model, x, v) for v in vs) / len(vs)
     return torch.log(p.clamp_min(1e-12))
+
+
+def _view_probs(model: nn.Module, x: torch.Tensor, view: View) -> torch.Tensor:
+    xv = view_batch(x, *view)
+    try:
+        return model(xv).float().softmax(1)
+    except RuntimeError as e:
+        if xv.shape[-2:] == x.shape[-2:]:
+            raise
+        raise ValueError(
+            f"this model reads {x.shape[-1]} px faces only (a layer of fixed size), so it cannot answer the "
+            f"{xv.shape[-1]} px view of test-time augmentation 'scale': {str(e)[:200]}"
+        ) from None
 
 
 @torch.no_grad()

@@ -63,12 +63,13 @@ class EmotionClassifier:
         """``threads``: PyTorch/ONNX Runtime intra-op threads (``None`` leaves the library default; the CLI
         and :func:`emolens.load_model` pass :func:`default_threads`). ``device``: ``cpu``, ``cuda``, ``auto``.
         ``tta``: ``none``, or a view set of :data:`emolens.transforms.VIEWS` whose answers are averaged
-        (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost)."""
+        (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost; ``scale``: the
+        face also read at 8/7 of its side, for models with global pooling)."""
         from ..transforms import VIEWS
 
         self.views = "single" if tta == "none" else tta
         if self.views not in VIEWS:
-            raise ValueError(f"tta={tta!r}: choose none, flip or shift-flip")
+            raise ValueError(f"tta={tta!r}: choose none, flip, shift-flip or scale")
         if self.views != "single" and backend != "torch":
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
         path = resolve_checkpoint(checkpoint)

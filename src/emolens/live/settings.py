@@ -31,7 +31,7 @@ class PipelineSettings:
     smooth: str = "ema"  # ema | window | none (streams; still images are never smoothed)
     alpha: float = 0.35  # EMA weight of the newest frame
     window: int = 8  # frames averaged by smooth="window"
-    tta: str = "none"  # none | flip | shift-flip: average the classifier over views of each face (2x / 10x its cost)
+    tta: str = "none"  # none | flip | shift-flip | scale: average the classifier over views of a face (2x/10x/2.3x)
     threads: int = 0  # PyTorch threads; 0: the CPU cores (serve: shared out among its workers)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
