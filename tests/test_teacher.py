@@ -60,6 +60,10 @@ def test_scale_views_refuse_a_model_of_fixed_input_size_by_name():
     assert multi_view_log_probs(net, x, "flip").shape == (1, 8)
     with pytest.raises(ValueError, match="reads 224 px faces only.*256 px view of test-time augmentation 'scale'"):
         multi_view_log_probs(net, x, "scale")
+    # at 64 px the 73 px view floors to the same 2x2 map and would run, reading only part of the face: refused too
+    small = models.create("paper_cnn", num_classes=8, in_channels=1, image_size=64).eval()
+    with pytest.raises(ValueError, match="reads 64 px faces only.*73 px view"):
+        multi_view_log_probs(small, torch.zeros(1, 1, 64, 64), "scale")
 
 
 class _Columns(nn.Module):

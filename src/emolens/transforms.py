@@ -177,8 +177,8 @@ VIEWS: dict[str, list[View]] = {
 
 
 def view_batch(x: torch.Tensor, dx: float, dy: float, flip: bool, scale: float = 1.0) -> torch.Tensor:
-    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), mirrored, then
-    resized by ``scale`` (bilinear, antialiased; the side rounded to whole pixels)."""
+    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), resized by ``scale``
+    (bilinear, antialiased; the side rounded to whole pixels), then mirrored."""
     if dx or dy:
         theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0

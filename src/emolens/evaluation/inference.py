@@ -22,15 +22,19 @@ def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[Vi
 
 def _view_probs(model: nn.Module, x: torch.Tensor, view: View) -> torch.Tensor:
     xv = view_batch(x, *view)
+    resized = xv.shape[-2:] != x.shape[-2:]
+    refusal = (
+        f"this model reads {x.shape[-1]} px faces only (a layer of fixed size), so it cannot answer the "
+        f"{xv.shape[-1]} px view of test-time augmentation 'scale'"
+    )
+    if resized and getattr(model, "accepts_other_sizes", True) is False:
+        raise ValueError(refusal)
     try:
         return model(xv).float().softmax(1)
     except RuntimeError as e:
-        if xv.shape[-2:] == x.shape[-2:]:
+        if not resized:
             raise
-        raise ValueError(
-            f"this model reads {x.shape[-1]} px faces only (a layer of fixed size), so it cannot answer the "
-            f"{xv.shape[-1]} px view of test-time augmentation 'scale': {str(e)[:200]}"
-        ) from None
+        raise ValueError(f"{refusal}: {str(e)[:200]}") from None
 
 
 @torch.no_grad()

@@ -13,6 +13,9 @@ class PaperCNN(nn.Module):
     feature map feeds a single ``Linear`` layer. ``image_size`` must be divisible by 32.
     """
 
+    #: the flattened map fits one input size (another size may floor to the same map and read part of the face)
+    accepts_other_sizes = False
+
     def __init__(
         self,
         num_classes: int = 8,
