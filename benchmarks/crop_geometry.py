@@ -20,7 +20,7 @@ variant, next to the reference crops (what the dataset loader feeds training and
 An image where the detector finds no face counts as wrong (a user gets no label for it).
 
     python benchmarks/crop_geometry.py --fit
-    python benchmarks/crop_geometry.py [--checkpoint PATH] [--datasets ckplus sfew]
+    python benchmarks/crop_geometry.py [--checkpoint PATH] [--datasets ckplus sfew] [--tta scale] [--variants detect]
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ def score(labels: list[int], preds: list[int | None], classes: list[str]) -> dic
     }
 
 
-def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str) -> list[dict]:
+def through_detection(
+    checkpoint: str | None, kind: str, split: str, yunet: str, tta: str = "none", only: list[str] | None = None
+) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from emolens.data import open_dataset
@@ -140,14 +142,14 @@ def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str)
     from emolens.live.smoothing import Smoother
     from emolens.transforms import eval_transform
 
-    clf = EmotionClassifier(checkpoint)
+    clf = EmotionClassifier(checkpoint, tta=tta)
     classes = clf.classes
     pre = clf.preprocess
     ds = open_dataset(kind, shared(ROOTS[kind]), split, pre.image_size, pre.channels, eval_transform(pre))
     paths = [Path(s.path) for s in ds.samples]
     labels = [classes.index(ds.classes[s.label]) for s in ds.samples]
     rows = []
-    probs, _, _ = predict_loader(clf.model, DataLoader(ds, batch_size=256), clf.device)
+    probs, _, _ = predict_loader(clf.model, DataLoader(ds, batch_size=256), clf.device, tta=clf.views)
     rows.append({"variant": "reference", **score(labels, list(probs.argmax(1)), classes)})
 
     det = create_detector("yunet", model=yunet)
@@ -158,6 +160,8 @@ def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str)
         "detect-m0.2": dict(margin=0.2),
         "detect-align": dict(align=True),
     }
+    if only:
+        variants = {k: v for k, v in variants.items() if k in only}
     for name, v in variants.items():
         pipe = Pipeline(clf, det, Smoother("none"), margin=v.get("margin", 0.0), align=v.get("align", False))
         preds = []
@@ -174,8 +178,10 @@ def through_detection(checkpoint: str | None, kind: str, split: str, yunet: str)
             for p in ("fill-replicate", "fill-reflect", "shift-inside")
         },
     }
+    if only:
+        cutters = {k: v for k, v in cutters.items() if k in only}
     preds = {k: [] for k in cutters}
-    for p in paths:
+    for p in paths if cutters else []:
         frame = cv2.imread(str(p))
         faces = det.detect(frame)
         face = max(faces, key=lambda f: f.box[2] * f.box[3]) if faces else None
@@ -195,6 +201,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", help="held-out subjects/films (test) or val/train")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (OpenCV's too)")
     ap.add_argument("--name", default="crop_geometry", help="results/<name>.json")
+    ap.add_argument("--tta", default="none", help="the classifier's test-time views (emolens predict --tta)")
+    ap.add_argument("--variants", nargs="+", help="only these crop variants (default: all); the reference always")
     a = ap.parse_args()
     import torch
 
@@ -207,14 +215,20 @@ def main() -> None:
         print_table(rows, list(rows[0]))
         save("crop_geometry_fit", {"command": " ".join(sys.argv), "rows": rows})
         return
-    rows = [r for k in a.datasets for r in through_detection(a.checkpoint, k, a.split, yunet)]
+    rows = [r for k in a.datasets for r in through_detection(a.checkpoint, k, a.split, yunet, a.tta, a.variants)]
     print_table(rows, ["dataset", "variant", "n", "no_face", "accuracy", "balanced_accuracy", "macro_f1"])
     for r in rows:
         recall = " ".join(f"{c[:4]} {v:.2f}" for c, v in r["recall"].items())
         print(f"{r['dataset']:12s} {r['variant']:12s} recall {recall}")
     save(
         a.name,
-        {"command": " ".join(sys.argv), "checkpoint": a.checkpoint or "bundled", "split": a.split, "rows": rows},
+        {
+            "command": " ".join(sys.argv),
+            "checkpoint": a.checkpoint or "bundled",
+            "split": a.split,
+            "tta": a.tta,
+            "rows": rows,
+        },
     )
 
 
