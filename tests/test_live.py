@@ -302,6 +302,22 @@ def test_classifier_tta_averages_the_views_of_each_face(classifier, tmp_path):
         EmotionClassifier(tta="twice")
 
 
+def test_classifier_tta_scale_refuses_a_fixed_size_model_after_fusing(tmp_path):
+    """At 64 px the paper CNN's 73 px view would floor to the same map and run, reading part of the face; the
+    classifier's fused graph must still say the model reads one size."""
+    from emolens import models
+    from emolens.checkpoint import model_payload, save_atomic
+    from emolens.labels import CLASSES
+    from emolens.transforms import Preprocess
+
+    net = models.create("paper_cnn", num_classes=8, in_channels=1, image_size=64)
+    save_atomic(model_payload(net, "paper_cnn", CLASSES, Preprocess.for_channels(64, 1)), tmp_path / "p.pt")
+    faces = np.zeros((2, 64, 64), np.uint8)
+    assert EmotionClassifier(tmp_path / "p.pt", tta="flip").predict(faces).shape == (2, 8)
+    with pytest.raises(ValueError, match="reads 64 px faces only.*73 px view"):
+        EmotionClassifier(tmp_path / "p.pt", tta="scale").predict(faces)
+
+
 def test_sample_face_is_happy(classifier):
     pipe = Pipeline(classifier, HaarDetector(), Smoother("none"))
     res = pipe.process(sample_face())

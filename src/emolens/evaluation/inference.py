@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..models import accepts_other_sizes
 from ..transforms import VIEWS, View, view_batch
 
 
@@ -22,18 +23,17 @@ def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[Vi
 
 def _view_probs(model: nn.Module, x: torch.Tensor, view: View) -> torch.Tensor:
     xv = view_batch(x, *view)
-    resized = xv.shape[-2:] != x.shape[-2:]
+    if xv.shape[-2:] == x.shape[-2:]:
+        return model(xv).float().softmax(1)
     refusal = (
         f"this model reads {x.shape[-1]} px faces only (a layer of fixed size), so it cannot answer the "
         f"{xv.shape[-1]} px view of test-time augmentation 'scale'"
     )
-    if resized and getattr(model, "accepts_other_sizes", True) is False:
+    if not accepts_other_sizes(model):
         raise ValueError(refusal)
     try:
         return model(xv).float().softmax(1)
-    except RuntimeError as e:
-        if not resized:
-            raise
+    except RuntimeError as e:  # a model that does not say so, failing on the size
         raise ValueError(f"{refusal}: {str(e)[:200]}") from None
 
 

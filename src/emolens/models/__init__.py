@@ -107,6 +107,12 @@ def _rgb(build, num_classes: int, in_channels: int, **kw) -> nn.Module:
     return build(num_classes, **kw)
 
 
+def accepts_other_sizes(model: nn.Module) -> bool:
+    """Whether ``model`` reads faces of any size: false when it, or any part of it (an ensemble's member), sets
+    ``accepts_other_sizes = False`` (:class:`PaperCNN`: its flattened map fits one size)."""
+    return all(getattr(m, "accepts_other_sizes", True) for m in model.modules())
+
+
 def available() -> list[str]:
     return sorted(REGISTRY)
 
