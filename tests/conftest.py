@@ -65,3 +65,42 @@ def make_folder_dataset(
             for i in range(per_class):
                 cv2.imwrite(str(d / f"{i}.png"), class_pattern(k, size, seed=hash((s, c, i)) % 10_000))
     return root
+
+
+# RAF-DB: 30 training and 14 test faces, labels cycling through the 7 RAF-DB codes
+def _rafdb_rows(n_train=30, n_test=14):
+    rows = {"train": [], "test": []}
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(1, n + 1):
+            rows[split].append((f"{split}_{i:05d}" if split == "train" else f"{split}_{i:04d}", (i % 7) + 1))
+    return rows
+
+
+def _face_image(code: int) -> np.ndarray:
+    return cv2.cvtColor(cv2.resize(class_pattern(code, 32), (100, 100)), cv2.COLOR_GRAY2BGR)
+
+
+def make_rafdb(root: Path, layout: str):
+    """A small RAF-DB tree (``official`` or ``kaggle`` layout) of :func:`class_pattern` faces, and its rows."""
+    rows = _rafdb_rows()
+    if layout == "official":
+        img = root / "basic" / "Image" / "aligned"
+        lab = root / "basic" / "EmoLabel"
+        img.mkdir(parents=True)
+        lab.mkdir(parents=True)
+        lines = []
+        for split in ("train", "test"):
+            for stem, code in rows[split]:
+                cv2.imwrite(str(img / f"{stem}_aligned.jpg"), _face_image(code))
+                lines.append(f"{stem}.jpg {code}")
+        (lab / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    else:
+        for split in ("train", "test"):
+            d = root / "aligned" / split / f"{split}_images"
+            d.mkdir(parents=True)
+            table = ["image,label"]
+            for stem, code in rows[split]:
+                cv2.imwrite(str(d / f"{stem}_aligned.jpg"), _face_image(code))
+                table.append(f"{stem}_aligned.jpg,{code}")
+            (root / f"{split}_labels.csv").write_text("\n".join(table) + "\n")
+    return root, rows

@@ -6,11 +6,10 @@ import dataclasses
 import json
 import os
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, class_pattern, make_folder_dataset, shared_path
+from conftest import REPO, make_folder_dataset, make_rafdb, shared_path
 
 from emolens import models
 from emolens.data import DataError, open_dataset
@@ -158,43 +157,6 @@ def test_face_backbones_refuse_grey_input():
 
 
 # ------------------------------------------------------------------ RAF-DB
-def _rafdb_rows(n_train=30, n_test=14):
-    rows = {"train": [], "test": []}
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(1, n + 1):
-            rows[split].append((f"{split}_{i:05d}" if split == "train" else f"{split}_{i:04d}", (i % 7) + 1))
-    return rows
-
-
-def _face_image(code: int) -> np.ndarray:
-    return cv2.cvtColor(cv2.resize(class_pattern(code, 32), (100, 100)), cv2.COLOR_GRAY2BGR)
-
-
-def make_rafdb(root, layout: str):
-    rows = _rafdb_rows()
-    if layout == "official":
-        img = root / "basic" / "Image" / "aligned"
-        lab = root / "basic" / "EmoLabel"
-        img.mkdir(parents=True)
-        lab.mkdir(parents=True)
-        lines = []
-        for split in ("train", "test"):
-            for stem, code in rows[split]:
-                cv2.imwrite(str(img / f"{stem}_aligned.jpg"), _face_image(code))
-                lines.append(f"{stem}.jpg {code}")
-        (lab / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
-    else:
-        for split in ("train", "test"):
-            d = root / "aligned" / split / f"{split}_images"
-            d.mkdir(parents=True)
-            table = ["image,label"]
-            for stem, code in rows[split]:
-                cv2.imwrite(str(d / f"{stem}_aligned.jpg"), _face_image(code))
-                table.append(f"{stem}_aligned.jpg,{code}")
-            (root / f"{split}_labels.csv").write_text("\n".join(table) + "\n")
-    return root, rows
-
-
 @pytest.mark.parametrize("layout", ["official", "kaggle"])
 def test_rafdb_both_layouts_give_the_official_split_and_canonical_labels(tmp_path, layout):
     root, rows = make_rafdb(tmp_path / layout, layout)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, make_folder_dataset
+from conftest import REPO, make_folder_dataset, make_rafdb
 
 from emolens.checkpoint import build_from_checkpoint
 from emolens.evaluation.evaluate import evaluate
@@ -319,6 +319,35 @@ def test_init_from_checkpoint_and_logit_adjusted_training(tiny_root, tmp_path):
     cnn = train(_cfg(tiny_root, tmp_path / "f", model="paper_cnn", epochs=1))
     with pytest.raises(CheckpointError, match="do not fit this run's model"):
         Trainer(_cfg(tiny_root, tmp_path / "g", model="paper_cnn", image_size=64, init=str(cnn / "best.pt")))
+
+
+def test_init_from_a_checkpoint_of_more_classes_answers_as_it_did_in_the_runs_classes(tiny_root, tmp_path):
+    # an 8-class net (the common label space) starts a 7-class RAF-DB run, as faceres_v2 starts a RAF-DB fine-tune
+    first = train(_cfg(tiny_root, tmp_path / "a", epochs=1, channels=3))
+    ckpt = load_checkpoint(first / "best.pt")
+    raf, _ = make_rafdb(tmp_path / "raf", "kaggle")
+    t = Trainer(_cfg(raf, tmp_path / "b", dataset="rafdb", channels=3, epochs=1, init=str(first / "best.pt")))
+    assert len(ckpt["classes"]) == 8 and len(t.classes) == 7 and "contempt" not in t.classes
+    orig, _ = build_from_checkpoint(ckpt)
+    x = torch.randn(5, 3, 32, 32)
+    t.model.eval()
+    with torch.no_grad():
+        want = orig(x)[:, [list(ckpt["classes"]).index(c) for c in t.classes]]
+        assert torch.allclose(t.model(x), want, atol=1e-6)
+    t.fit()
+    # the other way round: a 7-class net cannot start a run that has a class it never answered
+    with pytest.raises(CheckpointError, match="lack this run's \\['contempt'\\]"):
+        Trainer(_cfg(tiny_root, tmp_path / "c", channels=3, init=str(tmp_path / "b" / "best.pt")))
+
+
+def test_class_rows_picks_the_rows_of_the_new_classes_in_their_order():
+    from emolens.training.trainer import _class_rows
+
+    state = {"body.w": torch.ones(4, 2), "fc.weight": torch.arange(8.0).view(4, 2), "fc.bias": torch.arange(4.0)}
+    target = {"body.w": torch.zeros(4, 2), "fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}
+    out = _class_rows(state, target, [3, 1])
+    assert out["fc.weight"].tolist() == [[6.0, 7.0], [2.0, 3.0]] and out["fc.bias"].tolist() == [3.0, 1.0]
+    assert out["body.w"] is state["body.w"]  # same shape as the target's: not a class-indexed tensor
 
 
 def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):

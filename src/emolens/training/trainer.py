@@ -286,12 +286,15 @@ class Trainer:
         new resolution, which nets with global pooling take as they are.
         """
         ckpt = self._load_classes(path, expect_model)
+        self._check_input(path, ckpt, any_size)
+        return ckpt
+
+    def _check_input(self, path: str | Path, ckpt: dict, any_size: bool = False) -> None:
         pre = Preprocess.from_dict(ckpt["preprocess"])
         if any_size:
             pre = dataclasses.replace(pre, image_size=self.pre.image_size)
         if pre != self.pre:
             raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
-        return ckpt
 
     def _load_classes(self, path: str | Path, expect_model: str | None = None) -> dict:
         """An emolens checkpoint that answers in this run's classes (any input)."""
@@ -301,10 +304,21 @@ class Trainer:
         return ckpt
 
     def _init_from(self, path: str | Path) -> None:
-        """Start from the weights of an emolens checkpoint of the same model and classes (any input size)."""
-        ckpt = self._load_matching(path, expect_model=self.cfg.model, any_size=True)
+        """Start from the weights of an emolens checkpoint of the same model (any input size).
+
+        Its classes are this run's, or include them: an 8-class net starts a 7-class RAF-DB or SFEW run, its
+        output layer keeping the rows of this run's classes (in this run's order)."""
+        ckpt = load_checkpoint(path, expect_model=self.cfg.model)
+        state, theirs = dict(ckpt["state_dict"]), list(ckpt["classes"])
+        if theirs != list(self.classes):
+            missing = [c for c in self.classes if c not in theirs]
+            if missing:
+                raise CheckpointError(f"{path}: classes {theirs} lack this run's {missing}")
+            state = _class_rows(state, self.model.state_dict(), [theirs.index(c) for c in self.classes])
+            ckpt = {**ckpt, "classes": list(self.classes), "num_classes": len(self.classes)}
+        self._check_input(path, ckpt, any_size=True)
         try:
-            self.model.load_state_dict(ckpt["state_dict"])
+            self.model.load_state_dict(state)
         except RuntimeError as e:  # e.g. a net whose layer sizes depend on the input size
             raise CheckpointError(f"{path}: its weights do not fit this run's model: {e}") from None
         if self.is_main:
@@ -598,6 +612,17 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return self.history
+
+
+def _class_rows(state: dict, target: dict, rows: Sequence[int]) -> dict:
+    """``state`` with its class-indexed tensors (those whose first dimension is the old class count where the
+    target's is the new one, the rest alike: the output layer's weight and bias) cut to ``rows``."""
+    out = dict(state)
+    for k, v in state.items():
+        t = target.get(k)
+        if t is not None and v.shape != t.shape and v.shape[1:] == t.shape[1:] and t.shape[0] == len(rows):
+            out[k] = v[list(rows)].clone()
+    return out
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
