@@ -279,23 +279,6 @@ class Trainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ state
-    def _load_matching(self, path: str | Path, expect_model: str | None = None, any_size: bool = False) -> dict:
-        """An emolens checkpoint that answers in this run's classes and reads this run's input.
-
-        ``any_size`` accepts another input size (same channels and normalisation): a start for a run at a
-        new resolution, which nets with global pooling take as they are.
-        """
-        ckpt = self._load_classes(path, expect_model)
-        self._check_input(path, ckpt, any_size)
-        return ckpt
-
-    def _check_input(self, path: str | Path, ckpt: dict, any_size: bool = False) -> None:
-        pre = Preprocess.from_dict(ckpt["preprocess"])
-        if any_size:
-            pre = dataclasses.replace(pre, image_size=self.pre.image_size)
-        if pre != self.pre:
-            raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
-
     def _load_classes(self, path: str | Path, expect_model: str | None = None) -> dict:
         """An emolens checkpoint that answers in this run's classes (any input)."""
         ckpt = load_checkpoint(path, expect_model=expect_model, expect_classes=len(self.classes))
@@ -304,10 +287,11 @@ class Trainer:
         return ckpt
 
     def _init_from(self, path: str | Path) -> None:
-        """Start from the weights of an emolens checkpoint of the same model (any input size).
+        """Start from the weights of an emolens checkpoint of the same model and input channels/normalisation.
 
-        Its classes are this run's, or include them: an 8-class net starts a 7-class RAF-DB or SFEW run, its
-        output layer keeping the rows of this run's classes (in this run's order)."""
+        Another input size is accepted (a start for a run at a new resolution, which nets with global pooling
+        take as they are). Its classes are this run's, or include them: an 8-class net starts a 7-class RAF-DB or
+        SFEW run, its output layer keeping the rows of this run's classes (in this run's order)."""
         ckpt = load_checkpoint(path, expect_model=self.cfg.model)
         state, theirs = dict(ckpt["state_dict"]), list(ckpt["classes"])
         if theirs != list(self.classes):
@@ -315,8 +299,9 @@ class Trainer:
             if missing:
                 raise CheckpointError(f"{path}: classes {theirs} lack this run's {missing}")
             state = _class_rows(state, self.model.state_dict(), [theirs.index(c) for c in self.classes])
-            ckpt = {**ckpt, "classes": list(self.classes), "num_classes": len(self.classes)}
-        self._check_input(path, ckpt, any_size=True)
+        pre = dataclasses.replace(Preprocess.from_dict(ckpt["preprocess"]), image_size=self.pre.image_size)
+        if pre != self.pre:
+            raise CheckpointError(f"{path}: its input {ckpt['preprocess']} differs from this run's {self.pre}")
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:  # e.g. a net whose layer sizes depend on the input size
