@@ -104,3 +104,45 @@ def make_rafdb(root: Path, layout: str):
                 table.append(f"{stem}_aligned.jpg,{code}")
             (root / f"{split}_labels.csv").write_text("\n".join(table) + "\n")
     return root, rows
+
+
+# AffectNet, the Kaggle YOLO re-pack: data.yaml names in a non-canonical order, one label file per image
+YOLO_NAMES = ["Sad", "Anger", "Contempt", "Disgust", "Fear", "Happy", "Neutral", "Surprise"]
+
+
+def yolo_face(k: int, seed: int, size: int = 96) -> np.ndarray:
+    """A colour 'face' of class ``k``: a smooth random texture (its own near-duplicate group) with a bar at
+    ``k``'s height, so images of one class are not near-duplicates of each other."""
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur(rng.normal(0, 1, (size, size, 3)).astype(np.float32), (0, 0), 6)
+    tex = (tex - tex.min()) / (np.ptp(tex) + 1e-6) * 160
+    band = size // 8
+    tex[k * band : (k + 1) * band] += 90
+    return np.clip(tex, 0, 255).astype(np.uint8)
+
+
+def make_affectnet_yolo(root: Path, per_class: int = 6, dups: int = 4, splits=("train",), ffhq: int = 0) -> Path:
+    """A small ``YOLO_format`` tree; in ``train``, the first ``dups`` images each have a near-duplicate
+    (``dupNN.jpg``: mirrored, cropped 3 px tighter, re-saved) labelled like it. Returns the ``YOLO_format`` folder."""
+    base = root / "YOLO_format"
+    (base / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (base / "data.yaml").write_text("nc: 8\nnames: [" + ", ".join(f'"{n}"' for n in YOLO_NAMES) + "]\n")
+    for split in splits:
+        (base / split / "images").mkdir(parents=True)
+        (base / split / "labels").mkdir(parents=True)
+        n = 0
+        for k in range(len(YOLO_NAMES)):
+            for i in range(per_class):
+                stem = f"image{n:07d}"
+                img = yolo_face(k, seed=1000 * k + i + (500 if split != "train" else 0))
+                cv2.imwrite(str(base / split / "images" / f"{stem}.jpg"), img)
+                (base / split / "labels" / f"{stem}.txt").write_text(f"{k} 0.5 0.5 1 1\n")
+                if split == "train" and n < dups:
+                    near = cv2.resize(img[3:-3, 3:-3, :][:, ::-1], img.shape[1::-1])
+                    cv2.imwrite(str(base / split / "images" / f"dup{n:02d}.jpg"), near)
+                    (base / split / "labels" / f"dup{n:02d}.txt").write_text(f"{k} 0.5 0.5 1 1\n")
+                n += 1
+        for i in range(ffhq):
+            cv2.imwrite(str(base / split / "images" / f"ffhq_{i}.png"), yolo_face(0, seed=10_000 + i))
+            (base / split / "labels" / f"ffhq_{i}.txt").write_text("5 0.5 0.5 1 1\n")
+    return base

@@ -3,7 +3,7 @@ import csv
 import cv2
 import numpy as np
 import pytest
-from conftest import make_folder_dataset, shared_path
+from conftest import make_affectnet_yolo, make_folder_dataset, shared_path, yolo_face
 
 from emolens.data import (
     DataError,
@@ -85,6 +85,95 @@ def test_affectnet_paper_layout(tmp_path):
     s = next(s for s in ds.samples if s.path.endswith("/3.jpg"))
     assert s.label == 3 and s.valence == pytest.approx(0.3) and s.arousal == pytest.approx(-0.3)
     assert ds.load_face(0).shape == (20, 20)
+
+
+# ---------------------------------------------------------------- AffectNet, the Kaggle YOLO re-pack
+def test_affectnet_yolo_maps_classes_by_name_and_cuts_the_face_from_the_box(tmp_path):
+    from emolens.data.affectnet import AFFECTNET_FACE
+
+    base = make_affectnet_yolo(tmp_path, per_class=2, dups=0, splits=("train", "valid"), ffhq=3)
+    # a face box that is not the whole image: the right half of image 1 (class 0 of data.yaml: "Sad")
+    (base / "valid" / "labels" / "image0000001.txt").write_text("0 0.75 0.5 0.5 1\n")
+    for root in (tmp_path, base):  # the folder above YOLO_format/ or YOLO_format/ itself
+        ds = open_dataset("affectnet", root, "val", protocol="official", image_size=24, channels=3)
+        assert len(ds) == 16 and ds.classes == CLASSES  # the 3 FFHQ images are left out
+        by_stem = {s.path.rsplit("/", 1)[1]: s for s in ds.samples}
+        # label = position in data.yaml's names, mapped by name: id 0 "Sad" -> sadness, 5 "Happy" -> happiness
+        assert CLASSES[by_stem["image0000000.jpg"].label] == "sadness"
+        assert CLASSES[by_stem["image0000010.jpg"].label] == "happiness"
+        assert [CLASSES[by_stem[f"image{2 * k:07d}.jpg"].label] for k in range(8)] == [
+            "sadness",
+            "anger",
+            "contempt",
+            "disgust",
+            "fear",
+            "happiness",
+            "neutral",
+            "surprise",
+        ]
+        fx, fy, fw, fh = AFFECTNET_FACE
+        whole = by_stem["image0000000.jpg"].face
+        assert whole == pytest.approx(((fx - fw / 2) * 96, (fy - fh / 2) * 96, fw * 96, fh * 96))
+        half = by_stem["image0000001.jpg"].face  # the same fractions of the box [48, 96) x [0, 96)
+        assert half == pytest.approx((48 + (fx - fw / 2) * 48, (fy - fh / 2) * 96, fw * 48, fh * 96))
+    # official test falls back to valid/ when the tree has no test/
+    assert len(open_dataset("affectnet", base, "test", protocol="official").samples) == 16
+
+
+def test_affectnet_yolo_bad_names_and_labels_name_the_file(tmp_path):
+    base = make_affectnet_yolo(tmp_path, per_class=1, dups=0)
+    (base / "train" / "labels" / "image0000003.txt").write_text("9 0.5 0.5 1 1\n")
+    with pytest.raises(DataError, match=r"image0000003\.txt: class 9 out of range"):
+        dataset_samples("affectnet", base, "train", protocol="official")
+    (base / "train" / "labels" / "image0000003.txt").write_text("three\n")
+    with pytest.raises(DataError, match=r"image0000003\.txt: expected one line"):
+        dataset_samples("affectnet", base, "train", protocol="official")
+    (base / "data.yaml").write_text("names: [Sad, Bored]\n")
+    with pytest.raises(DataError, match=r"data\.yaml: unknown emotion class name 'Bored'"):
+        dataset_samples("affectnet", base, "train", protocol="official")
+
+
+def test_affectnet_yolo_split_keeps_each_near_duplicate_group_on_one_side(tmp_path):
+    base = make_affectnet_yolo(tmp_path, per_class=12, dups=12)
+    parts = {s: dataset_samples("affectnet", base, s)[0] for s in ("train", "val", "test")}
+    stems = {s: {p.path.rsplit("/", 1)[1][:-4] for p in v} for s, v in parts.items()}
+    assert sum(len(v) for v in stems.values()) == 8 * 12 + 12 and not (stems["train"] & stems["val"])
+    assert not (stems["train"] & stems["test"]) and not (stems["val"] & stems["test"])
+    assert 70 <= len(stems["train"]) <= 95 and stems["val"] and stems["test"]
+    for n in range(12):  # the mirrored, re-cropped copy lands beside its original
+        side = [s for s, v in stems.items() if f"image{n:07d}" in v]
+        assert f"dup{n:02d}" in stems[side[0]], n
+    # the seed is fixed in code: the same split every time, whatever --seed says
+    again = dataset_samples("affectnet", base, "val", seed=5)[0]
+    assert [s.path for s in again] == [s.path for s in parts["val"]]
+
+
+def test_near_duplicate_groups_join_crops_and_mirrors_not_other_images(tmp_path):
+    from emolens.data.dedup import near_duplicate_groups
+
+    img = yolo_face(3, seed=1)
+    variants = {
+        "a.png": img,
+        "mirror.png": img[:, ::-1],
+        "tighter.png": cv2.resize(img[4:-4, 2:-6], (96, 96)),
+        "other.png": yolo_face(3, seed=2),  # same class pattern, another texture
+        "other_mirror.png": yolo_face(3, seed=2)[:, ::-1],
+        "third.png": yolo_face(5, seed=3),
+    }
+    paths = []
+    for name, im in variants.items():
+        cv2.imwrite(str(tmp_path / name), im)
+        paths.append(str(tmp_path / name))
+    assert near_duplicate_groups(paths).tolist() == [0, 0, 0, 1, 1, 2]
+
+
+def test_affectnet_yolo_real_carve(tmp_path):
+    root = shared_path("data/affectnet_yolo")
+    parts = {s: dataset_samples("affectnet", root, s)[0] for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [9623, 1203, 1203]
+    assert set(np.bincount([s.label for s in parts["val"]], minlength=8)[:8] > 25) == {True}  # every class there
+    paths = [{p.path for p in v} for v in parts.values()]
+    assert not (paths[0] & paths[1]) and not (paths[0] & paths[2]) and not (paths[1] & paths[2])
 
 
 # ---------------------------------------------------------------- FER+
