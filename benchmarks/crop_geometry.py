@@ -20,6 +20,7 @@ variant, next to the reference crops (what the dataset loader feeds training and
 An image where the detector finds no face counts as wrong (a user gets no label for it).
 
     python benchmarks/crop_geometry.py --fit
+    python benchmarks/crop_geometry.py --fit-dataset affectnet   # YuNet's median box in the re-pack's crops
     python benchmarks/crop_geometry.py [--checkpoint PATH] [--datasets ckplus sfew] [--tta scale] [--variants detect]
 """
 
@@ -72,6 +73,38 @@ def fit_geometry(n: int = 1500, seed: int = 0) -> list[dict]:
             }
         )
     return rows
+
+
+def fit_dataset_face(kind: str, step: int = 8) -> list[dict]:
+    """YuNet's face box inside a dataset's face crops, as fractions (cx, cy, w, h) of the crop: every ``step``-th
+    training image, upscaled 2x and padded by half its side with black (so a face touching the crop's edge is
+    boxed as in a wider frame, not clipped), median and quartiles. Gives ``AFFECTNET_FACE``."""
+    from emolens.live.detectors import YuNetDetector
+
+    if kind != "affectnet":
+        raise SystemExit(f"--fit-dataset: only affectnet is measured here, not {kind!r}")
+    files = sorted((shared("data/affectnet_yolo") / "YOLO_format" / "train" / "images").glob("*.jpg"))[::step]
+    det = YuNetDetector(str(shared("models/face_detection_yunet_2026may.onnx")))
+    fr = []
+    for f in files:
+        img = cv2.imread(str(f))
+        img = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+        H, W = img.shape[:2]
+        p = W // 2
+        faces = det.detect(cv2.copyMakeBorder(img, p, p, p, p, cv2.BORDER_CONSTANT, value=0))
+        if faces:
+            x, y, w, h = max(faces, key=lambda fc: fc.box[2] * fc.box[3]).box
+            fr.append([(x - p + w / 2) / W, (y - p + h / 2) / H, w / W, h / H])
+    q = np.percentile(np.asarray(fr), [25, 50, 75], axis=0).round(3)
+    return [
+        {
+            "dataset": kind,
+            "found": f"{len(fr)}/{len(files)}",
+            "stat": name,
+            **dict(zip(("cx", "cy", "w", "h"), row, strict=True)),
+        }
+        for name, row in zip(("q25", "median", "q75"), q.tolist(), strict=True)
+    ]
 
 
 def _old_crop(frame_bgr: np.ndarray, faces, pre, margin: float = 0.1) -> np.ndarray:
@@ -196,6 +229,7 @@ def through_detection(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fit", action="store_true", help="fit the detector-box -> FER-crop geometry")
+    ap.add_argument("--fit-dataset", choices=["affectnet"], help="measure YuNet's face box in a dataset's crops")
     ap.add_argument("--checkpoint", help="default: the bundled model")
     ap.add_argument("--datasets", nargs="+", default=["ckplus", "sfew"], choices=list(ROOTS))
     ap.add_argument("--split", default="test", help="held-out subjects/films (test) or val/train")
@@ -210,6 +244,11 @@ def main() -> None:
     cv2.setNumThreads(a.threads)
     yunet = str(shared("models/face_detection_yunet_2026may.onnx"))
     os.environ.setdefault("EMOLENS_YUNET", yunet)
+    if a.fit_dataset:
+        rows = fit_dataset_face(a.fit_dataset)
+        print_table(rows, list(rows[0]))
+        save(f"crop_geometry_fit_{a.fit_dataset}", {"command": " ".join(sys.argv), "rows": rows})
+        return
     if a.fit:
         rows = fit_geometry()
         print_table(rows, list(rows[0]))
