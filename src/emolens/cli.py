@@ -745,7 +745,9 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
 
     d = PipelineSettings()
     p.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: fernet_v3)")
-    p.add_argument("--onnx", help="run this ONNX export (from `emolens export`) in ONNX Runtime")
+    p.add_argument(
+        "--onnx", help="run this ONNX export (from `emolens export`; it records its input and classes) in ONNX Runtime"
+    )
     _limited(
         p,
         "--detector",

@@ -1,36 +1,132 @@
-"""Export a checkpoint to ONNX (dynamic batch) and check it against PyTorch."""
+"""Export a checkpoint to ONNX (dynamic batch) that describes itself, and read that description back.
+
+The file's metadata (key ``emolens``, a JSON object) records everything a runtime needs besides the graph:
+the input size, channels and colour order, the normalisation, the class names in output order and the face-crop
+rule. ``emolens predict/live/batch/serve --onnx FILE`` read it and need no checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import build_from_checkpoint, load_checkpoint
+from .geometry import FER_CROP_SCALE
+from .transforms import Preprocess
+
+#: Metadata key of an emolens ONNX export, and the version of its JSON layout.
+META_KEY = "emolens"
+META_VERSION = 1
+_REQUIRED = ("model", "classes", "input", "crop")
+_INPUT = ("size", "channels", "colour", "mean", "std")
+
+
+class OnnxMetadataError(ValueError):
+    """An ONNX file without (complete) emolens metadata: the message names the file and what is missing."""
+
+
+def onnx_metadata(ckpt: dict) -> dict:
+    """The self-description written into an export of checkpoint ``ckpt``."""
+    pre = Preprocess.from_dict(ckpt["preprocess"])
+    return {
+        "version": META_VERSION,
+        "model": ckpt["model"],
+        "classes": list(ckpt["classes"]),
+        "input": {
+            "name": "faces",
+            "layout": "NCHW float32: pixels / 255, then (x - mean) / std per channel",
+            "size": pre.image_size,
+            "channels": pre.channels,
+            "colour": "RGB" if pre.channels == 3 else "grey",
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+        },
+        "output": {"name": "logits", "meaning": "unnormalised log-probabilities, one per class, softmax for p"},
+        "crop": {
+            "rule": "fer-square",
+            "scale": FER_CROP_SCALE,
+            "about": "square centred on the face box, side scale * sqrt(w * h), outside pixels black",
+        },
+    }
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The emolens metadata of an ONNX file; :class:`OnnxMetadataError` names what is missing."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxMetadataError(f"{path}: ONNX file not found")
+    try:
+        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for broken files
+        raise OnnxMetadataError(f"{path}: not a readable ONNX model ({e})") from None
+    return parse_metadata(meta.custom_metadata_map, str(path))
+
+
+def parse_metadata(props: dict[str, str], source: str) -> dict:
+    """Check and return the ``emolens`` entry of an ONNX file's metadata map."""
+    hint = "re-export it with `emolens export --checkpoint CKPT --output FILE`"
+    if META_KEY not in props:
+        raise OnnxMetadataError(
+            f"{source}: no emolens metadata (input size, channels, colour order, normalisation, classes, crop); {hint}"
+        )
+    try:
+        meta = json.loads(props[META_KEY])
+    except json.JSONDecodeError:
+        raise OnnxMetadataError(f"{source}: emolens metadata is not JSON; {hint}") from None
+    missing = [k for k in _REQUIRED if k not in meta]
+    missing += [f"input.{k}" for k in _INPUT if k not in meta.get("input", {})]
+    if missing:
+        raise OnnxMetadataError(f"{source}: emolens metadata lacks {', '.join(missing)}; {hint}")
+    if meta["crop"].get("rule") != "fer-square":
+        raise OnnxMetadataError(f"{source}: unknown crop rule {meta['crop'].get('rule')!r}; {hint}")
+    return meta
+
+
+def metadata_preprocess(meta: dict) -> Preprocess:
+    """The :class:`Preprocess` an export's metadata describes."""
+    i = meta["input"]
+    return Preprocess(int(i["size"]), int(i["channels"]), tuple(i["mean"]), tuple(i["std"]))
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True) -> dict:
-    """Write ``out`` (input ``faces``: N x C x S x S normalised float32; output ``logits``).
+    """Write ``out`` (input ``faces``: N x C x S x S normalised float32; output ``logits``) with its metadata.
 
     With ``check``, runs both models on the same random batch in ONNX Runtime and PyTorch and
     returns the largest absolute difference of the probabilities.
     """
+    import warnings
+
+    import onnx
+
     ckpt = load_checkpoint(checkpoint)
     model, pre = build_from_checkpoint(ckpt, str(checkpoint))
     x = torch.randn(2, pre.channels, pre.image_size, pre.image_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model,
-        (x,),
-        str(out),
-        input_names=["faces"],
-        output_names=["logits"],
-        dynamic_axes={"faces": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # tracing warns about Python-side shape arithmetic (e.g. the input size a global pool reads); the graph
+        # is checked against PyTorch below and with a batch of another size, so the warning says nothing here
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(out),
+            input_names=["faces"],
+            output_names=["logits"],
+            dynamic_axes={"faces": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    proto = onnx.load(str(out))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(onnx_metadata(ckpt))
+    proto.doc_string = f"emolens {ckpt['model']}: facial expression classifier ({', '.join(ckpt['classes'])})"
+    onnx.save(proto, str(out))
     info = {"onnx": str(out), "model": ckpt["model"], "classes": ckpt["classes"], "preprocess": ckpt["preprocess"]}
     if check:
         import onnxruntime as ort

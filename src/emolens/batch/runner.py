@@ -204,15 +204,20 @@ def run_identity(opts: BatchOptions) -> dict:
     from ..checkpoint import load_checkpoint, resolve_checkpoint
 
     s = opts.settings
-    ckpt = resolve_checkpoint(s.checkpoint)
+    model = Path(s.onnx) if s.onnx else resolve_checkpoint(s.checkpoint)
     digest = hashlib.sha256()
-    for part in (ckpt, Path(s.onnx)) if s.onnx else (ckpt,):
-        with open(part, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+    with open(model, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if s.onnx:
+        from ..export import read_onnx_metadata
+
+        classes = list(read_onnx_metadata(model)["classes"])
+    else:
+        classes = list(load_checkpoint(model)["classes"])
     return {
         "model_sha256": digest.hexdigest(),
-        "classes": list(load_checkpoint(ckpt)["classes"]),
+        "classes": classes,
         "detector": s.detector,
         "margin": s.margin,
         "align": s.align,

@@ -52,8 +52,8 @@ def for_inference(model: torch.nn.Module) -> torch.nn.Module:
 class EmotionClassifier:
     """Probabilities over ``classes`` for a batch of uint8 face crops prepared per :attr:`preprocess`.
 
-    ``backend="torch"`` runs the checkpoint; ``"onnx"`` runs ``onnx_path`` (from ``emolens export``)
-    in ONNX Runtime with the checkpoint's classes and preprocessing.
+    ``backend="torch"`` runs the checkpoint; ``"onnx"`` runs ``onnx_path`` (from ``emolens export``) in ONNX
+    Runtime with the classes and preprocessing its metadata records (``checkpoint`` is not used).
     """
 
     def __init__(
@@ -77,24 +77,31 @@ class EmotionClassifier:
             raise ValueError(f"tta={tta!r}: choose none, flip, shift-flip or scale")
         if self.views != "single" and backend != "torch":
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
-        path = resolve_checkpoint(checkpoint)
-        ckpt = load_checkpoint(path)
-        self.checkpoint = path
-        self.classes: list[str] = list(ckpt["classes"])
-        self.model_name: str = ckpt["model"]
-        self.preprocess: Preprocess = Preprocess.from_dict(ckpt["preprocess"])
         self.backend = backend
         self.device = torch.device(resolve_device(device))
         if threads:
             torch.set_num_threads(threads)
         if backend == "torch":
+            path = resolve_checkpoint(checkpoint)
+            ckpt = load_checkpoint(path)
+            self.checkpoint = path
+            self.classes: list[str] = list(ckpt["classes"])
+            self.model_name: str = ckpt["model"]
+            self.preprocess: Preprocess = Preprocess.from_dict(ckpt["preprocess"])
             model, _ = build_from_checkpoint(ckpt, str(path))
             self.model = for_inference(model.to(self.device))
         elif backend == "onnx":
             import onnxruntime as ort
 
+            from ..export import metadata_preprocess, read_onnx_metadata
+
             if onnx_path is None:
                 raise ValueError("backend='onnx' needs onnx_path (create it with `emolens export`)")
+            meta = read_onnx_metadata(onnx_path)  # the export describes itself: no checkpoint needed
+            self.checkpoint = Path(onnx_path)
+            self.classes = list(meta["classes"])
+            self.model_name = meta["model"]
+            self.preprocess = metadata_preprocess(meta)
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
