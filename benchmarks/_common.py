@@ -8,6 +8,9 @@ import platform
 import sys
 from pathlib import Path
 
+import emolens  # noqa: F401  - before torch, as in the CLI: emolens sets OpenMP's wait policy before PyTorch loads
+
+# isort: split
 import torch
 
 HERE = Path(__file__).resolve().parent

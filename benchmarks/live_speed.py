@@ -4,7 +4,14 @@ The clips are built from clear FER+ test faces (>= 8 of 10 annotators agree), sc
 textured background, so the run also reports detection recall and in-the-loop accuracy against the
 known boxes and labels. Each configuration runs in its own process, so peak memory is its own.
 
+``--load`` repeats the runs beside a reproducible load, started before and stopped after each configuration:
+``busy`` (one busy-loop process per core) or ``mixed`` (one busy loop and a second PyTorch process multiplying
+small matrices in a loop on every core, with OpenMP's default wait policy, as another user program would).
+``--threads-set`` compares thread settings in the same run: ``default`` (what the CLI does), ``1``, ``2``...,
+and ``before`` (the default with OpenMP's wait policy left to the library, as emolens ran before it set it).
+
     python benchmarks/live_speed.py [--frames 150] [--checkpoint PATH]
+    python benchmarks/live_speed.py --detectors yunet --faces 1,8 --load none,mixed --threads-set default,1,2,before
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -135,6 +143,58 @@ def run_one(
     }
 
 
+#: Load processes, each bounded in time (they also stop when the benchmark stops them after a configuration).
+BUSY = "import time\nt = time.time() + {s}\nwhile time.time() < t:\n    pass\n"
+TORCH_LOOP = (
+    "import time, torch\ntorch.set_num_threads({cores})\na = torch.randn(96, 96)\nt = time.time() + {s}\n"
+    "while time.time() < t:\n    for _ in range(50):\n        a = torch.tanh(a @ a)\n"
+)
+
+
+def start_load(kind: str, seconds: int = 900) -> list[subprocess.Popen]:
+    """Start load ``kind`` (``none``, ``busy``, ``mixed``); returns the processes to stop."""
+    cores = os.cpu_count() or 1
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "OMP_NUM_THREADS")}
+    if kind == "none":
+        return []
+    if kind == "busy":
+        codes = [BUSY] * cores
+    elif kind == "mixed":
+        codes = [BUSY, TORCH_LOOP]
+    else:
+        raise SystemExit(f"--load: unknown load {kind!r}; use none, busy or mixed")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", c.format(s=seconds, cores=cores)], env=env, stdout=subprocess.DEVNULL)
+        for c in codes
+    ]
+    time.sleep(2.0)  # let the load reach its steady state (PyTorch's import takes a moment)
+    return procs
+
+
+def stop_load(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _run_config(a: argparse.Namespace, load: str, detector: str, n: int, setting: str) -> dict:
+    """One configuration in its own process, beside load ``load``."""
+    threads = "0" if setting in ("default", "before") else setting
+    cmd = [sys.executable, __file__, "--one", f"{detector}:{n}", "--frames", str(a.frames)]
+    cmd += ["--margin", str(a.margin), "--threads", threads]
+    if a.checkpoint:
+        cmd += ["--checkpoint", a.checkpoint]
+    env = dict(os.environ)
+    if setting == "before":  # present but empty: emolens leaves it and OpenMP uses its own default
+        env["OMP_WAIT_POLICY"] = env["KMP_BLOCKTIME"] = ""
+    procs = start_load(load)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    finally:
+        stop_load(procs)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=150)
@@ -143,6 +203,9 @@ def main() -> None:
     ap.add_argument("--faces", default="1,3,8")
     ap.add_argument("--margin", type=float, default=0.0, help="face-box margin per side (as the CLI's --margin)")
     ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI default, all cores)")
+    ap.add_argument("--load", default="none", help="comma list of loads to run beside: none, busy, mixed")
+    ap.add_argument("--threads-set", help="comma list of thread settings to compare: default, before, 1, 2, ...")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, interleaved; median FPS kept")
     ap.add_argument("--name", default="live_speed", help="results/<name>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -152,18 +215,24 @@ def main() -> None:
         print(json.dumps(run_one(d, int(n), a.frames, a.checkpoint, yunet, a.margin, a.threads)))
         return
     rows = []
-    for d in a.detectors.split(","):
-        for n in map(int, a.faces.split(",")):
-            cmd = [sys.executable, __file__, "--one", f"{d}:{n}", "--frames", str(a.frames), "--margin", str(a.margin)]
-            cmd += ["--threads", str(a.threads)]
-            if a.checkpoint:
-                cmd += ["--checkpoint", a.checkpoint]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"  {d} {n} faces: {rows[-1]['fps']:.1f} FPS", file=sys.stderr)
+    settings = a.threads_set.split(",") if a.threads_set else [str(a.threads or "default")]
+    for load in a.load.split(","):
+        for d in a.detectors.split(","):
+            for n in map(int, a.faces.split(",")):
+                runs: dict[str, list[dict]] = {setting: [] for setting in settings}
+                for r in range(a.repeat):  # interleaved, rotated: a slow spell of the machine hits every setting
+                    for setting in settings[r % len(settings) :] + settings[: r % len(settings)]:
+                        runs[setting].append(_run_config(a, load, d, n, setting))
+                for setting in settings:
+                    fps = [x["fps"] for x in runs[setting]]
+                    mid = sorted(runs[setting], key=lambda x: x["fps"])[len(fps) // 2]
+                    rows.append({"load": load, "threads_setting": setting, **mid, "fps_runs": fps})
+                    print(f"  {load} {d} {n} faces, threads {setting}: FPS {fps}", file=sys.stderr)
     print_table(
         rows,
         [
+            "load",
+            "threads_setting",
             "detector",
             "faces",
             "fps",
@@ -187,6 +256,8 @@ def main() -> None:
             "command": " ".join(sys.argv),
             "margin": a.margin,
             "frames": a.frames,
+            "load": a.load,
+            "repeat": a.repeat,
             "video": "640x480 synthetic, clear FER+ test faces",
             "rows": rows,
         },

@@ -37,7 +37,7 @@ def test_cli_help_is_fast_and_loads_no_torch():
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "emolens.cli", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--extra-data" in r.stdout
-    assert time.perf_counter() - t < 2.0
+    assert time.perf_counter() - t < 10.0  # generous (about 0.3 s idle): --help must not load PyTorch (below)
     mods = _modules_after(
         "import sys; sys.argv = ['emolens', '--help']\nfrom emolens.cli import build_parser\nbuild_parser()"
     )

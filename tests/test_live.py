@@ -1,4 +1,5 @@
 import csv
+import os
 from pathlib import Path
 
 import cv2
@@ -553,3 +554,27 @@ def test_container_frame_size_is_read_from_the_header(tmp_path):
         assert frame_size(tmp_path / name) == (322, 180), name
     (tmp_path / "x.mp4").write_bytes(b"not a video at all" * 4)
     assert sniff(b"not a video at all") is None and frame_size(tmp_path / "x.mp4") is None
+
+
+def test_automatic_threads_run_small_batches_on_one_thread_and_large_ones_on_all(monkeypatch):
+    import torch
+
+    from emolens.live.classifier import SMALL_BATCH, default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3  # the user's (or Ray's) setting is the ceiling
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == max(1, os.cpu_count() or 1) and default_threads(10_000) == 1
+    before = torch.get_num_threads()
+    try:
+        auto = EmotionClassifier(max_threads=4)
+        faces = np.zeros((8, 48, 48), np.uint8)
+        auto.predict(faces[:SMALL_BATCH])
+        assert torch.get_num_threads() == 1
+        auto.predict(faces)
+        assert torch.get_num_threads() == 4
+        fixed = EmotionClassifier(threads=3)
+        fixed.predict(faces[:1])
+        assert torch.get_num_threads() == 3 and not fixed.adaptive
+    finally:
+        torch.set_num_threads(before)

@@ -769,3 +769,24 @@ def test_ensemble_of_different_models_feeds_each_its_own_input(tmp_path):
     pytest.importorskip("onnxruntime")
     info = export_onnx(tmp_path / "f.pt", tmp_path / "e.onnx")
     assert info["model"] == "ensemble" and info["max_abs_diff"] < 1e-4
+
+
+def test_a_single_epoch_learning_curve_draws_every_series_as_visible_points():
+    from emolens.evaluation.plots import learning_curves_figure
+
+    keys = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_balanced_accuracy", "val_macro_f1")
+    fig = learning_curves_figure([{"epoch": 1, **dict.fromkeys(keys, 0.5)}])
+    lines = [ln for ax in fig.axes for ln in ax.get_lines()]
+    assert len(lines) == 6 and all(ln.get_marker() not in (None, "", "None", " ") for ln in lines)
+
+
+def test_max_samples_decodes_only_the_faces_it_draws(tiny_root, tmp_path, monkeypatch):
+    from emolens.data.base import FaceDataset
+
+    loaded = []
+    real = FaceDataset.load_face
+    monkeypatch.setattr(FaceDataset, "load_face", lambda self, i: loaded.append(i) or real(self, i))
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    train(_cfg(tiny_root, tmp_path / "run", epochs=1, max_samples=8, cache=True))
+    # the 8 training and 8 validation faces drawn, not the whole tree (120 training faces) into a cache
+    assert 0 < len(loaded) <= 16 and not list((tmp_path / "cache").glob("*.npy"))

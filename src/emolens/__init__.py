@@ -10,11 +10,20 @@ Everything heavy (PyTorch, OpenCV) is imported on first use, so ``import emolens
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .labels import CLASSES, CLASSES_7
+if "torch" not in sys.modules:
+    # OpenMP threads that finish their share of an operation sleep instead of spinning: on a machine other
+    # programs keep busy, spinning threads take the cores the work needs and per-frame inference runs several
+    # times slower (docs/performance.md). Set before PyTorch loads; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP runtime
+
+from .labels import CLASSES, CLASSES_7  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -789,7 +789,8 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         p,
         "--threads",
         PIPELINE["threads"],
-        "PyTorch threads for the classifier (default 0: the CPU cores; serve shares them out among --workers)",
+        "PyTorch threads for the classifier (default 0: one for a frame of 1-2 faces, else the CPU cores; serve "
+        "shares the cores out among --workers)",
         default=d.threads,
     )
     _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)

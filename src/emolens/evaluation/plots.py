@@ -22,6 +22,11 @@ def _save(fig, path: Path) -> Path:
 
 def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
     """Train/val loss and accuracy per epoch (plus val balanced accuracy and macro-F1)."""
+    return _save(learning_curves_figure(history), Path(path))
+
+
+def learning_curves_figure(history: Sequence[dict]):
+    """The figure of :func:`plot_learning_curves`; every series has markers, so one epoch shows as points."""
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
@@ -29,13 +34,13 @@ def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
     a.set(xlabel="epoch", ylabel="loss", title="Loss")
     b.plot(ep, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
     b.plot(ep, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
-    b.plot(ep, [h["val_balanced_accuracy"] for h in history], "--", label="val balanced acc.")
-    b.plot(ep, [h["val_macro_f1"] for h in history], ":", label="val macro-F1")
+    b.plot(ep, [h["val_balanced_accuracy"] for h in history], "s--", label="val balanced acc.")
+    b.plot(ep, [h["val_macro_f1"] for h in history], "^:", label="val macro-F1")
     b.set(xlabel="epoch", ylabel="score", title="Accuracy", ylim=(0, 1))
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_confusion(

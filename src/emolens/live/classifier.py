@@ -11,14 +11,18 @@ import torch
 from ..checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from ..transforms import Preprocess
 
+#: Batches of at most this many faces run on one thread when the thread count is automatic: splitting so little
+#: work gains nothing on an idle machine and loses on a busy one (docs/performance.md).
+SMALL_BATCH = 2
+
 
 def default_threads(processes: int = 1) -> int:
-    """PyTorch threads for inference: the cores shared out among ``processes`` (e.g. server workers), at
-    least 1, so N processes never run more than one thread per core between them.
-
-    Measured on 2 idle cores (``benchmarks/results/live_speed.json``, ``live_speed_threads1.json``): one live
-    pipeline runs 8 faces at 23 FPS with 2 threads and 17 with 1, so a single process takes all cores.
-    """
+    """Most PyTorch threads for inference: ``$OMP_NUM_THREADS`` if set (as Ray sets it for its workers), else the
+    cores shared out among ``processes`` (e.g. server workers), at least 1, so N processes never run more than
+    one thread per core between them."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, (os.cpu_count() or 1) // max(1, processes))
 
 
@@ -64,9 +68,12 @@ class EmotionClassifier:
         device: str = "cpu",
         threads: int | None = None,
         tta: str = "none",
+        max_threads: int | None = None,
     ) -> None:
-        """``threads``: PyTorch/ONNX Runtime intra-op threads (``None`` leaves the library default; the CLI
-        and :func:`emolens.load_model` pass :func:`default_threads`). ``device``: ``cpu``, ``cuda``, ``auto``.
+        """``threads``: PyTorch/ONNX Runtime intra-op threads; ``None`` or 0 chooses per batch: one thread for
+        up to :data:`SMALL_BATCH` faces, else ``max_threads`` (default :func:`default_threads`), which measured
+        within 10 % of the best fixed count on idle and busy machines alike (``benchmarks/live_speed.py
+        --load``). ``device``: ``cpu``, ``cuda``, ``auto``.
         ``tta``: ``none``, or a view set of :data:`emolens.transforms.VIEWS` whose answers are averaged
         (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost; ``scale``: the
         face also read at 8/7 of its side, for models with global pooling)."""
@@ -79,8 +86,9 @@ class EmotionClassifier:
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
         self.backend = backend
         self.device = torch.device(resolve_device(device))
-        if threads:
-            torch.set_num_threads(threads)
+        self.adaptive = not threads and self.device.type == "cpu" and backend == "torch"
+        self.threads = threads or max_threads or default_threads()
+        torch.set_num_threads(self.threads)
         if backend == "torch":
             path = resolve_checkpoint(checkpoint)
             ckpt = load_checkpoint(path)
@@ -103,8 +111,9 @@ class EmotionClassifier:
             self.model_name = meta["model"]
             self.preprocess = metadata_preprocess(meta)
             opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
+            opts.intra_op_num_threads = self.threads
+            # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE does for PyTorch)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
@@ -128,6 +137,8 @@ class EmotionClassifier:
             logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
             e = np.exp(logits - logits.max(1, keepdims=True))
             return (e / e.sum(1, keepdims=True)).astype(np.float32)
+        if self.adaptive:
+            torch.set_num_threads(1 if len(faces) <= SMALL_BATCH else self.threads)
         x = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
         if self.views != "single":
             from ..evaluation.inference import multi_view_log_probs

@@ -32,7 +32,7 @@ class PipelineSettings:
     alpha: float = 0.35  # EMA weight of the newest frame
     window: int = 8  # frames averaged by smooth="window"
     tta: str = "none"  # none | flip | shift-flip | scale: average the classifier over views of a face (2x/10x/2.3x)
-    threads: int = 0  # PyTorch threads; 0: the CPU cores (serve: shared out among its workers)
+    threads: int = 0  # PyTorch threads; 0: chosen per batch, up to the CPU cores (serve: shared out among workers)
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
 
     def __post_init__(self) -> None:
@@ -43,16 +43,18 @@ class PipelineSettings:
         """The fields present on ``ns`` (e.g. parsed CLI arguments); the rest keep their defaults."""
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if hasattr(ns, f.name)})
 
-    def classifier(self) -> EmotionClassifier:
-        from .classifier import EmotionClassifier, default_threads
+    def classifier(self, max_threads: int | None = None) -> EmotionClassifier:
+        """The classifier; ``threads`` 0 lets it choose per batch, up to ``max_threads`` (default: the cores)."""
+        from .classifier import EmotionClassifier
 
         return EmotionClassifier(
             self.checkpoint,
             backend="onnx" if self.onnx else "torch",
             onnx_path=self.onnx,
             device=self.device,
-            threads=self.threads or default_threads(),
+            threads=self.threads,
             tta=self.tta,
+            max_threads=max_threads,
         )
 
     def make_detector(self) -> FaceDetector:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -286,9 +286,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     spool_uploads_in(s.data_dir / "tmp")
-    # threads 0: the cores shared out among the worker processes (at least 1 each)
-    ps = replace(s.pipeline, threads=s.pipeline.threads or default_threads(s.workers))
-    classifier = ps.classifier()
+    # threads 0: chosen per batch, up to the cores shared out among the worker processes (at least 1 each)
+    ps = s.pipeline
+    classifier = ps.classifier(max_threads=default_threads(s.workers))
     detector = ps.make_detector()
     lock = threading.Lock()
     classes = classifier.classes

@@ -165,7 +165,8 @@ class Trainer:
         # Rank 0 builds the decoded-face cache first; the others then reuse it.
         if self.distributed and not self.is_main:
             dist.barrier()
-        cache = cfg.cache
+        # --max-samples: a quick run decodes only the faces it draws, on the fly, instead of caching whole datasets
+        cache = cfg.cache and not cfg.max_samples
         # --augment-on-device: the dataset serves raw uint8 faces, held on the device; BatchAugment augments there
         transform = None if cfg.augment_on_device else train_transform(self.pre, cfg.augment)
         self.train_full = open_dataset(cfg.dataset, cfg.root, "train", transform=transform, cache=cache, **kw)
