@@ -126,6 +126,24 @@ def test_page_shows_boxes_and_labels_from_fake_webcam(server, tmp_path):
             time.sleep(0.1)
         assert "happiness" in snap["shown"], snap
         assert snap["painted"] > 500, snap  # the overlay canvas really has the box and label painted on it
+        # Stop clears the picture: no stale boxes, labels or bars stay on screen (nor come back with a late reply)
+        driver.find_element("id", "stop").click()
+        time.sleep(1.0)
+        after = driver.execute_script(
+            "const c=document.getElementById('overlay');const d=c.getContext('2d').getImageData(0,0,c.width,"
+            "c.height).data;let n=0;for(let i=3;i<d.length;i+=4){if(d[i]>0)n++;}"
+            "return {shown: document.getElementById('labels').textContent, painted: n,"
+            " bars: document.getElementById('bars').textContent};"
+        )
+        assert after["painted"] == 0 and after["shown"] == "" and "no face" in after["bars"], after
+        # every face of a picture gets its own named bars under "Emotions now" (here six, as in a group photo)
+        names = driver.execute_script(
+            "const p={neutral:0.1,happiness:0.9};"
+            "drawBars([0,1,2,3,4,5].map(i=>({box:{x:100-i*10,y:0,w:5,h:5},label:'happiness',confidence:0.9,"
+            "track_id:null,probs:p})));"
+            "return [...document.querySelectorAll('#bars .face')].map(e=>e.textContent);"
+        )
+        assert names == [f"face {i}: happiness 90%" for i in range(1, 7)], names
     finally:
         driver.quit()
 

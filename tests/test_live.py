@@ -578,3 +578,26 @@ def test_automatic_threads_run_small_batches_on_one_thread_and_large_ones_on_all
         assert torch.get_num_threads() == 3 and not fixed.adaptive
     finally:
         torch.set_num_threads(before)
+
+
+def test_labels_and_bars_stay_inside_small_frames_and_at_the_right_edge():
+    from types import SimpleNamespace
+
+    import cv2
+
+    from emolens.labels import CLASSES
+    from emolens.live.render import bar_panel, draw_faces, fit_text
+
+    scale, (tw, _), _ = fit_text("#1 contempt 49%", 80, 0.4, 1)
+    assert tw + 4 <= 80 and scale < 0.4  # shrunk to fit an 80 px image
+    # a face at the right edge of a 640 px frame: the bars go to its left, wholly inside the frame
+    bx, by, bh, pw = bar_panel((560, 400, 70, 70), 8, 640, 480, 0.53)
+    assert bx + pw <= 560 and bx >= 0 and by + 8 * (bh + 2) <= 480
+    (tw, _), _ = cv2.getTextSize("#1 contempt 49%", cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+    assert tw + 4 > 80  # at the old fixed scale the label was wider than the image
+    # drawn on a 64x64 image: the label's black text ends before the right edge (at the old scale it ran past it)
+    img = np.full((64, 64, 3), 255, np.uint8)
+    face = SimpleNamespace(box=(8, 10, 48, 48), label="contempt", confidence=0.49, track_id=1, probs=[0.1] * 8)
+    draw_faces(img, [face], CLASSES)
+    cols = np.flatnonzero((img.max(2) < 60).any(0))
+    assert cols.size and cols.max() < 62

@@ -112,6 +112,10 @@ class RayExecutor:
         if not ray.is_initialized():
             # EMOLENS_* settings (cache, YuNet model path...) travel to the workers
             env = {k: v for k, v in os.environ.items() if k.startswith("EMOLENS_")}
+            if opts.ray == "auto" and "RAY_ADDRESS" not in os.environ:
+                # the local cluster emolens starts takes Ray's default, token authentication, said explicitly so
+                # Ray does not warn about it on every run (a user's own RAY_AUTH_MODE wins)
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
             ray.init(
                 address=None if opts.ray == "auto" else opts.ray,
                 runtime_env={"env_vars": env} if env else None,
