@@ -4,8 +4,13 @@ Experiments (``--exp``):
   ferplus   FERNet on FER+ (8 classes, majority vote, official Train/Valid/Test): the bundled model's recipe.
   fer2013   FERNet on FER2013 (7 classes; Training / select on PublicTest / report PrivateTest).
   paper     the paper's comparison: paper_cnn vs resnet18 trained side by side on the same FER+ data.
-  cross     no training: every model on FER+ test, FER2013 PrivateTest (7 classes), held-out CK+ subjects and
-            held-out SFEW films (the fixed splits of emolens.data), single pass and flip TTA. Rows: the bundled
+  cross     no training: every model on FER+ test, FER2013 PrivateTest (7 classes), RAF-DB test, held-out CK+
+            subjects, held-out SFEW films and AffectNet's validation carve (our duplicate-aware split of the
+            Kaggle re-pack's train part: not the official AffectNet validation set), all fixed splits of
+            emolens.data, single pass and flip TTA. A 7-class peer is scored on AffectNet with the contempt
+            faces left out (``contempt_masked``). The OpenCV Zoo peer aligns RAF-DB's pre-aligned crops with one
+            fixed 5-point template (the mean YuNet landmarks of RAF-DB training crops) instead of per-image
+            landmarks. Rows: the bundled
             models, the earlier ones (from git), the paper's two (runs of --exp paper, if present) and peers run
             on the same crops in their own environment (benchmarks/peers/; skipped when not installed).
 
@@ -75,9 +80,17 @@ ROOTS = {
     "rafdb": "data/rafdb",
     "ckplus": "data/ckplus",
     "sfew": "data/sfew",
+    "affectnet": "data/affectnet_yolo",
 }
-#: cross-dataset columns: (dataset kind, split)
-CROSS = (("ferplus", "test"), ("fer2013", "test"), ("rafdb", "test"), ("ckplus", "test"), ("sfew", "test"))
+#: cross-dataset columns: (dataset kind, split); AffectNet's is our validation carve (emolens.data.affectnet)
+CROSS = (
+    ("ferplus", "test"),
+    ("fer2013", "test"),
+    ("rafdb", "test"),
+    ("ckplus", "test"),
+    ("sfew", "test"),
+    ("affectnet", "val"),
+)
 #: earlier bundled models, read from git history: label -> (commit that shipped it, path there)
 PREVIOUS = {
     "emolens v2 (3f42902)": ("3f42902", "src/emolens/weights/fernet_v2.pt"),
@@ -143,6 +156,18 @@ def _scores(labels, probs, classes) -> dict:
     return _scored(labels, probs.argmax(1), classes)
 
 
+def _peer_scores(labels, probs, classes) -> dict:
+    """A peer's scores; a 7-class peer on a set with contempt is scored on the other faces (``contempt_masked``)."""
+    labels = np.asarray(labels)
+    if "contempt" in classes and not probs[:, list(classes).index("contempt")].any():
+        keep = labels != list(classes).index("contempt")
+        kept = [c for c in classes if c != "contempt"]
+        remap = np.array([kept.index(c) if c in kept else -1 for c in classes])
+        cols = [list(classes).index(c) for c in kept]
+        return {**_scores(remap[labels[keep]], probs[keep][:, cols], kept), "contempt_masked": True}
+    return _scores(labels, probs, classes)
+
+
 def _user_scores(labels, probs, model_classes: list[str], classes) -> dict:
     """:func:`_scores` of the model's plain argmax over all its classes; a class the dataset lacks is wrong."""
     names = [model_classes[i] for i in probs.argmax(1)]
@@ -185,9 +210,29 @@ def _script_peer_env() -> dict[str, str]:
     return env
 
 
-def _script_peer_probs(script: str, ds, classes) -> tuple[np.ndarray, int]:
+def rafdb_mean_landmarks(step: int = 12) -> np.ndarray:
+    """The mean of YuNet's 5 landmarks (the peers' detector) over every ``step``-th RAF-DB training crop, in pixels
+    of the 100x100 aligned crop: one fixed alignment for crops that are already aligned."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+    import cv2
+    from yunet_faces import YuNet
+
+    from emolens.data.rafdb import rafdb_samples
+
+    det = YuNet(_script_peer_env()["EMOLENS_YUNET"])
+    points = []
+    for smp in rafdb_samples(shared(ROOTS["rafdb"]), "train")[::step]:
+        img = cv2.imread(smp.path)
+        found = det.best(img)
+        if found is not None:
+            points.append(np.asarray(found.landmarks, np.float64).reshape(5, 2) * (100.0 / img.shape[1]))
+    return np.mean(points, axis=0)
+
+
+def _script_peer_probs(script: str, ds, classes, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """A self-aligning peer on every image file of ``ds`` (with its face box); probabilities in ``classes``
-    order and how many images it found no face in."""
+    order and how many images it found no face in. ``landmarks`` (5x2) aligns every image with that one template
+    instead of detected landmarks."""
     import subprocess
     import tempfile
 
@@ -199,6 +244,8 @@ def _script_peer_probs(script: str, ds, classes) -> tuple[np.ndarray, int]:
         boxes.append(smp.face if smp.face is not None else (np.nan,) * 4)
     with tempfile.TemporaryDirectory() as d:
         inp = {"paths": np.array(paths), "boxes": np.array(boxes, np.float32)}
+        if landmarks is not None:
+            inp["landmarks"] = np.repeat(np.asarray(landmarks, np.float32)[None], len(paths), axis=0)
         np.savez(Path(d) / "in.npz", **inp)
         r = subprocess.run(
             [sys.executable, str(Path(__file__).resolve().parent / "peers" / script), f"{d}/in.npz", f"{d}/out.npz"],
@@ -241,8 +288,14 @@ def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = 
             for kind, split in CROSS:
                 if path.startswith("script:"):
                     ds = open_dataset(kind, shared(ROOTS[kind]), split, 48, 1, cache=False)
-                    probs, missed = _script_peer_probs(path.split(":", 1)[1], ds, ds.classes)
-                    row[kind] = {**_scores(ds.targets, probs, ds.classes), "no_face_found": missed}
+                    script = path.split(":", 1)[1]
+                    fixed = None
+                    if kind == "rafdb" and script == "opencv_zoo_fer.py":
+                        fixed = rafdb_mean_landmarks()
+                    probs, missed = _script_peer_probs(script, ds, ds.classes, fixed)
+                    row[kind] = {**_peer_scores(ds.targets, probs, ds.classes), "no_face_found": missed}
+                    if fixed is not None:
+                        row[kind]["fixed_alignment"] = np.round(fixed, 2).tolist()
                     continue
                 if path == "peer":
                     ds = open_dataset(kind, shared(ROOTS[kind]), split, 48, 1, cache=False)
@@ -250,24 +303,27 @@ def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = 
                     probs = _peer_probs(peer_python, peer, faces, ds.classes)
                     if tta:
                         probs = (probs + _peer_probs(peer_python, peer, faces[:, :, ::-1].copy(), ds.classes)) / 2
-                    labels = ds.targets
-                else:
-                    ckpt = load_checkpoint(path)
-                    model, pre = build_from_checkpoint(ckpt, path)
-                    ds = open_dataset(
-                        kind, shared(ROOTS[kind]), split, pre.image_size, pre.channels, eval_transform(pre), cache=False
-                    )
-                    loader = torch.utils.data.DataLoader(ds, batch_size=256)
-                    probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=tta)
-                    # as the user sees it: the argmax over all the model's classes, so on a set without
-                    # contempt (FER2013, RAF-DB, SFEW) or neutral (CK+) an answer of that class is wrong
-                    row[f"{kind}"] = _user_scores(labels, probs, list(ckpt["classes"]), ds.classes)
-                    # masked: only the dataset's classes compete (the model's other outputs dropped)
-                    probs = probs[:, [list(ckpt["classes"]).index(c) for c in ds.classes]]
-                    if len(ckpt["classes"]) != len(ds.classes):
-                        row[f"{kind}_masked"] = _scores(labels, probs, ds.classes)
+                    row[kind] = _peer_scores(ds.targets, probs, ds.classes)
                     continue
-                row[f"{kind}"] = _scores(labels, probs, ds.classes)
+                ckpt = load_checkpoint(path)
+                model, pre = build_from_checkpoint(ckpt, path)
+                ds = open_dataset(
+                    kind, shared(ROOTS[kind]), split, pre.image_size, pre.channels, eval_transform(pre), cache=False
+                )
+                loader = torch.utils.data.DataLoader(ds, batch_size=256)
+                probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=tta)
+                mine = list(ckpt["classes"])
+                # as the user sees it: the argmax over all the model's classes, so on a set without
+                # contempt (FER2013, RAF-DB, SFEW) or neutral (CK+) an answer of that class is wrong
+                row[f"{kind}"] = _user_scores(labels, probs, mine, ds.classes)
+                # masked: only the dataset's classes compete (the model's other outputs dropped); a class the
+                # model lacks (contempt for a 7-class model on AffectNet) is left out with its faces
+                if mine != list(ds.classes):
+                    kept = [c for c in ds.classes if c in mine]
+                    keep = np.isin(labels, [list(ds.classes).index(c) for c in kept])
+                    remap = np.array([kept.index(c) if c in kept else -1 for c in ds.classes])
+                    masked = probs[keep][:, [mine.index(c) for c in kept]]
+                    row[f"{kind}_masked"] = _scores(remap[np.asarray(labels)[keep]], masked, kept)
             rows.append(row)
             print(
                 f"{name:34s} tta={tta!s:5s} "
