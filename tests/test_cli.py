@@ -625,3 +625,29 @@ def test_predict_and_batch_state_one_exit_status_rule(capsys):
     for command in (["predict", "x"], ["batch", "x", "--out", "o"]):
         assert main([*command[:1], "--help"]) == 0
         assert " ".join(EXIT_STATUS.split()) in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_goes_on_past_a_file_the_os_will_not_read(tmp_path, monkeypatch, capsys):
+    # as a non-root user with one `chmod 000` image (root reads anything, so the refusal is simulated)
+    import numpy as np
+
+    import emolens.data.base as base
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name in ("a.jpg", "b_locked.jpg", "c.jpg"):
+        cv2.imwrite(str(d / name), sample_face())
+    real = np.fromfile
+
+    def fromfile(path, *a, **k):
+        if str(path).endswith("b_locked.jpg"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(base.np, "fromfile", fromfile)
+    out = tmp_path / "o.json"
+    assert main(["predict", str(d), "--detector", "haar", "-q", "--json", str(out)]) == 1  # 1: some files failed
+    images = {r["file"].rsplit("/", 1)[1]: r for r in json.loads(out.read_text())["images"]}
+    assert list(images) == ["a.jpg", "b_locked.jpg", "c.jpg"]
+    assert images["b_locked.jpg"]["status"] == "error" and "Permission denied" in images["b_locked.jpg"]["error"]
+    assert images["c.jpg"]["status"] == "faces"

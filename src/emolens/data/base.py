@@ -105,7 +105,11 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
-    img = decode_image(np.fromfile(p, dtype=np.uint8), str(p))
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:  # permission denied, I/O error, a file removed meanwhile: this file, not the run
+        raise DataError(f"{p}: cannot read the file: {e.strerror or e}") from None
+    img = decode_image(data, str(p))
     return to_uint8_channels(img, channels, source=str(p))
 
 
