@@ -651,3 +651,10 @@ def test_predict_goes_on_past_a_file_the_os_will_not_read(tmp_path, monkeypatch,
     assert list(images) == ["a.jpg", "b_locked.jpg", "c.jpg"]
     assert images["b_locked.jpg"]["status"] == "error" and "Permission denied" in images["b_locked.jpg"]["error"]
     assert images["c.jpg"]["status"] == "faces"
+
+
+@pytest.mark.parametrize("flag", ["--max-image-mb", "--max-video-mb", "--max-disk-gb", "--keep-hours"])
+def test_serve_limits_past_any_real_use_are_refused_in_one_line(flag, capsys):
+    assert main(["serve", flag, "1e308"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "<=" in err[0], err

@@ -42,14 +42,16 @@ def _mem_mb(pid: int) -> dict[str, float]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, *flags: str) -> None:
+    def __init__(self, data_dir: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url, self.data_dir = f"http://127.0.0.1:{self.port}", data_dir
         cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
         cmd += ["--detector", "haar", "--threads", "1", *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        )
         deadline = time.time() + 90
         while True:
             try:
@@ -71,13 +73,24 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("hostile"), "--max-image-mb", "10", "--max-video-mb", "20")
+    # its own TMPDIR: the server must write nothing there (test_the_server_writes_only_in_its_data_folder)
+    tmp = tmp_path_factory.mktemp("server_tmpdir")
+    srv = Server(
+        tmp_path_factory.mktemp("hostile"), "--max-image-mb", "10", "--max-video-mb", "20", env={"TMPDIR": str(tmp)}
+    )
+    srv.tmpdir = tmp
     face = cv2.imencode(".jpg", cv2.copyMakeBorder(sample_face(), 60, 60, 90, 90, cv2.BORDER_CONSTANT))[1].tobytes()
     r = httpx.post(f"{srv.url}/v1/predict", files={"file": ("f.jpg", face, "image/jpeg")}, timeout=30)
     assert r.status_code == 200 and len(r.json()["faces"]) == 1  # warm: model and detector have run once
     srv.baseline = srv.mem()["VmHWM"]
     yield srv
     srv.stop()
+
+
+def test_the_server_writes_only_in_its_data_folder(server):
+    # not even PyTorch's compiler cache, which it otherwise creates as $TMPDIR/torchinductor_<user>
+    assert not list(server.tmpdir.iterdir())
+    assert (server.data_dir / "tmp" / "torchinductor").is_dir()
 
 
 def png_header(width: int, height: int) -> bytes:

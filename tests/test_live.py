@@ -601,3 +601,18 @@ def test_labels_and_bars_stay_inside_small_frames_and_at_the_right_edge():
     draw_faces(img, [face], CLASSES)
     cols = np.flatnonzero((img.max(2) < 60).any(0))
     assert cols.size and cols.max() < 62
+
+
+def test_strips_one_pixel_thin_are_images_without_faces_not_errors(tmp_path):
+    from emolens.live.detectors import _rescale
+    from emolens.live.images import predict_images
+    from emolens.live.settings import PipelineSettings
+
+    assert _rescale(np.zeros((1, 8000, 3), np.uint8), 640)[0].shape[:2] == (1, 640)
+    assert _rescale(np.zeros((8000, 1, 3), np.uint8), 640)[0].shape[:2] == (640, 1)
+    for i, shape in enumerate(((1, 8000, 3), (8000, 1, 3))):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full(shape, 128, np.uint8))
+    for det in ("haar", "yunet"):
+        pipe = PipelineSettings(detector=det).build()
+        recs = list(predict_images(pipe, sorted(tmp_path.glob("*.png")), progress=False))
+        assert [r["status"] for r in recs] == ["no face found", "no face found"], recs

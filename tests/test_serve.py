@@ -356,6 +356,15 @@ def test_origin_host_and_api_key_rules(tmp_path):
     with c.websocket_connect("/v1/stream?api_key=s3cret", headers={"Origin": "http://testserver"}) as ws:
         ws.send_bytes(_jpeg(sample_face()))
         assert len(json.loads(ws.receive_text())["faces"]) == 1
+    # 'null' (sandboxed iframes, file:// pages: any site can make one) is refused on HTTP and WebSocket alike...
+    r = c.get("/v1/model", headers={**key, "Origin": "null"})
+    assert r.status_code == 403 and "--allow-origin null" in r.json()["detail"]
+    with pytest.raises(WebSocketDisconnect):
+        with c.websocket_connect("/v1/stream?api_key=s3cret", headers={"Origin": "null"}) as ws:
+            ws.receive_text()
+    # ...unless the server was told to take it
+    opened = create_app(ServeSettings(data_dir=tmp_path / "o", hosts=["testserver"], allow_origins=["null"]))
+    assert TestClient(opened).get("/v1/model", headers={"Origin": "null"}).status_code == 200
 
 
 def test_serve_beyond_localhost_needs_an_api_key(capsys):
@@ -451,3 +460,18 @@ def test_serve_flags_reach_the_settings(monkeypatch):
     assert (s.api_key, s.allow_origins, s.hosts) == ("k", ["https://a.example"], ["box.lan"])
     assert (s.pipeline.margin, s.pipeline.threads) == (0.1, 1)
     assert serve_settings(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--api-key", "k"])).hosts == ["*"]
+
+
+def test_api_keys_never_reach_the_access_log(tmp_path, caplog):
+    import logging
+
+    from emolens.serve.app import RedactKeys
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/v1/stream?x=1&api_key=s3cret&y=2", "1.1", 101), None,
+    )  # fmt: skip
+    assert RedactKeys().filter(record) and "s3cret" not in record.getMessage()
+    assert "api_key=***&y=2" in record.getMessage()
+    create_app(ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar")))
+    assert any(isinstance(f, RedactKeys) for f in logging.getLogger("uvicorn.access").filters)

@@ -697,6 +697,14 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("serve", "HTTP API + web page (browser webcam, uploads)", serve_arguments)
 def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    # PyTorch creates its compiler cache folder when it loads (default $TMPDIR/torchinductor_<user>): inside the
+    # data folder instead, set before anything imports PyTorch (a user's own setting wins)
+    data = Path(a.data_dir) if a.data_dir else Path(tempfile.gettempdir()) / "emolens-serve"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data.resolve() / "tmp" / "torchinductor"))
     try:
         import uvicorn
 
@@ -704,8 +712,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from .serve.app import settings_env
     except ImportError as e:
         raise SystemExit(f"emolens serve needs the serve extras: pip install 'emolens[serve]' ({e})") from None
-    import os
-
     settings = serve_settings(a)
     if a.workers > 1:  # N processes, each building the app (and loading the model) from the same settings
         os.environ.update(settings_env(settings))

@@ -236,17 +236,17 @@ BATCH: dict[str, Limit] = {
 }
 
 #: ``ServeSettings`` (``emolens serve``).
-SERVE: dict[str, Limit] = {
-    "max_image_mb": Range(float, 0, lo_open=True),
-    "max_video_mb": Range(float, 0, lo_open=True),
-    "max_image_side": Range(int, 1),
-    "request_timeout_s": Range(float, 0, lo_open=True),
-    "job_timeout_s": Range(float, 0),  # 0: every job ends at once (tests)
-    "max_queued_jobs": Range(int, 1),
-    "max_pending": Range(int, 1),
-    "max_video_side": Range(int, 1),
-    "keep_hours": Range(float, 0, lo_open=True),
-    "max_disk_gb": Range(float, 0, lo_open=True),
+SERVE: dict[str, Limit] = {  # upper bounds: far past any real use, short of overflowing a byte count or a timer
+    "max_image_mb": Range(float, 0, 1e6, lo_open=True),
+    "max_video_mb": Range(float, 0, 1e7, lo_open=True),
+    "max_image_side": Range(int, 1, 1_000_000),
+    "request_timeout_s": Range(float, 0, 1e6, lo_open=True),
+    "job_timeout_s": Range(float, 0, 1e7),  # 0: every job ends at once (tests)
+    "max_queued_jobs": Range(int, 1, 1_000_000),
+    "max_pending": Range(int, 1, 1_000_000),
+    "max_video_side": Range(int, 1, 1_000_000),
+    "keep_hours": Range(float, 0, 1e6, lo_open=True),
+    "max_disk_gb": Range(float, 0, 1e6, lo_open=True),
     "workers": Range(int, 1),
 }
 #: ``emolens serve --port``.

@@ -47,8 +47,8 @@ def _rescale(frame: np.ndarray, max_side: int, min_side: int = MIN_SIDE) -> tupl
     ``min_side`` (up to 8x); returns it and the factor applied."""
     h, w = frame.shape[:2]
     if max_side and max(h, w) > max_side:
-        f = max_side / max(h, w)
-        return cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA), f
+        f = max_side / max(h, w)  # a side never shrinks below 1 px (an 8000x1 strip stays 640x1)
+        return cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA), f
     if min_side and min(h, w) < min_side:
         f = min(min_side / max(min(h, w), 1), 8.0)
         return cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC), f

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -109,13 +110,17 @@ def access_problem(s: ServeSettings, headers, path: str, query_key: str | None) 
     """Why a request (or WebSocket handshake) must be refused, as ``(status, reason)``, or ``None``.
 
     Host must be loopback or in ``s.hosts`` (DNS rebinding); a browser ``Origin`` must be this server's own or
-    in ``s.allow_origins`` (cross-site requests and WebSocket hijacking); the API key must match when set.
+    in ``s.allow_origins`` (cross-site requests and WebSocket hijacking; ``Origin: null`` only when listed there as
+    ``null``, not by ``*``); the API key must match when set.
     """
     host = headers.get("host", "")
     if "*" not in s.hosts and _host_name(host) not in (*LOOPBACK, *(h.lower() for h in s.hosts)):
         return 400, f"Host {host!r} is not served here (emolens serve --allowed-host)"
     origin = headers.get("origin")
-    if origin and origin != "null":
+    if origin == "null":  # sandboxed iframes and file:// pages: any page can be one, so only if asked for
+        if "null" not in s.allow_origins:
+            return 403, "requests from an opaque origin ('null') refused (emolens serve --allow-origin null)"
+    elif origin:
         from urllib.parse import urlsplit
 
         if (
@@ -286,6 +291,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s.data_dir = Path(s.data_dir).resolve()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     spool_uploads_in(s.data_dir / "tmp")
+    redact_access_log()
     # threads 0: chosen per batch, up to the cores shared out among the worker processes (at least 1 each)
     ps = s.pipeline
     classifier = ps.classifier(max_threads=default_threads(s.workers))
@@ -586,6 +592,26 @@ def app_from_env() -> FastAPI:
     if "data_dir" in d:
         d["data_dir"] = Path(d["data_dir"])
     return create_app(ServeSettings(pipeline=pipeline, **d))
+
+
+class RedactKeys(logging.Filter):
+    """Hide ``api_key=`` values in log lines (uvicorn's access log prints every request's query)."""
+
+    PATTERN = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1***", record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install :class:`RedactKeys` on uvicorn's access log (once)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactKeys) for f in access.filters):
+        access.addFilter(RedactKeys())
 
 
 def spool_uploads_in(folder: Path) -> None:
