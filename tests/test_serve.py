@@ -107,6 +107,10 @@ def test_video_job_lifecycle(client, tmp_path):
     assert st["frames_done"] == 20 and st["progress"] == 1.0
     rows = client.get(f"/v1/video/{job}/results.csv").text.splitlines()
     assert rows[0].startswith("frame,") and len(rows) > 20
+    # no server path leaves the server: the source column and the summary name the upload's file only
+    sources = {r.split(",")[2] for r in rows[1:]}
+    assert len(sources) == 1 and "/" not in sources.pop()
+    assert "/" not in client.get(f"/v1/video/{job}/results.json").json()["source"]
     assert client.get(f"/v1/video/{job}/annotated.mp4").content[4:8] == b"ftyp"
     assert {v["dominant"] for v in client.get(f"/v1/video/{job}/results.json").json()["tracks"].values()} == {
         "happiness"

@@ -227,8 +227,12 @@ class Pipeline:
         progress: bool = True,
         on_frame: Callable[[int, int | None], None] | None = None,
         stop: Callable[[], str | None] | None = None,
+        name: str | None = None,
     ) -> dict:
         """Process a video/camera/stream/screen; write annotated video, per-face rows and a summary.
+
+        ``name`` is how the source is called in the rows, the summary and its messages (default: as given; the
+        server passes the upload's file name so no server path leaves it).
 
         Built on :meth:`stream`. The ``show`` window carries an FPS counter; ``draw_fps`` burns it into the
         ``output`` video too (which otherwise holds the boxes and labels only). ``on_frame(frames_done,
@@ -239,6 +243,7 @@ class Pipeline:
         """
         check_values(STREAM, every=every, max_frames=max_frames)
         src = FrameSource(source, max_frames=max_frames)
+        label = name or src.spec
         self.timer = StageTimer()  # stage timings of this run only
         writer = RowWriter(rows, self.classes) if rows else None
         video = None
@@ -255,7 +260,7 @@ class Pipeline:
             for fr in frames:
                 t0 = time.perf_counter()
                 if writer:  # every face of every frame (with --every N too)
-                    writer.write(fr.index, fr.time_s, fr.faces, src.spec)
+                    writer.write(fr.index, fr.time_s, fr.faces, label)
                 summary.add(fr.time_s, fr.faces)
                 n += 1
                 frame = fr.frame
@@ -297,7 +302,7 @@ class Pipeline:
         elapsed = time.perf_counter() - t_start
         result = summary.to_dict()
         result.update(
-            source=src.spec,
+            source=label,
             frames_read=n,
             seconds=round(elapsed, 3),
             fps=round(n / max(elapsed, 1e-9), 2),
@@ -305,7 +310,8 @@ class Pipeline:
             ended_early=src.ended_early,
             stage_ms=self.timer.ms_per_frame(n),
         )
-        result["stop_reason"] = stopped or src.stop_reason
+        reason = stopped or src.stop_reason
+        result["stop_reason"] = reason.replace(str(src.spec), label) if reason else None
         result["stopped"] = stopped is not None
         if src.ended_early:
             log.warning("%s; the %d frames read so far are saved", src.stop_reason, n)

@@ -327,10 +327,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             progress=False,
             on_frame=on_frame,
             stop=past_deadline,
+            name=video.name,  # no server paths in results.csv, the summary or messages
         )
         if summary["stopped"]:  # files are closed and kept; the job reports why it ended
             raise TimeoutError(summary["stop_reason"])
-        summary["source"] = video.name  # no server paths in responses
         return summary
 
     jobs = JobQueue(
