@@ -320,3 +320,19 @@ def test_a_dead_worker_loses_no_file(collection, two_nodes, caplog):
     assert "a worker died" in caplog.text  # the kill did cost a task, which was done again
     assert sorted(results) == sorted(f.path for f in files)
     assert sum(r.ok for r in results.values()) == len(files) - 2
+
+
+def test_file_names_that_are_not_utf8_keep_a_row_each(tmp_path):
+    # two names that differ only in a byte that is not UTF-8: each file keeps its own rows and faces
+    d = tmp_path / "d"
+    d.mkdir()
+    ok, buf = cv2.imencode(".jpg", sample_face())
+    for name in (b"p\xff.jpg", b"p\xfe.jpg"):
+        with open(os.path.join(os.fsencode(d), name), "wb") as f:
+            f.write(buf.tobytes())
+    out = tmp_path / "out"
+    r = run_batch([d], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, images_per_task=1))
+    files, faces = _table(out / "files.parquet"), _table(out / "faces.parquet")
+    assert sorted(Path(f).name for f in files["file"]) == ["p\\xfe.jpg", "p\\xff.jpg"]
+    assert len(faces["file"]) == 2 and len(set(faces["file"])) == 2
+    assert r["faces"] == 2

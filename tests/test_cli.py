@@ -336,7 +336,7 @@ def test_predict_keeps_going_and_keeps_results(tmp_path, monkeypatch, capsys):
     res = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["images"]
     assert [len(r["faces"]) for r in res] == [1, 1, 0, 1]
     assert [r["status"] for r in res] == ["faces", "faces", "error", "faces"]
-    assert "caf\ufffd.jpg" in res[1]["file"] and "OverflowError" in res[2]["error"]
+    assert "caf\\xe9.jpg" in res[1]["file"] and "OverflowError" in res[2]["error"]
     assert len(list((tmp_path / "ann").iterdir())) == 3
     assert not (tmp_path / "r.json.partial.jsonl").exists()
 

@@ -105,5 +105,6 @@ def _reason(e: BaseException, path: Path) -> str:
 
 
 def display_name(path: Path | str) -> str:
-    """``path`` as printable text: bytes that are not valid UTF-8 (``surrogateescape``) become U+FFFD."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """``path`` as printable text, one text per file: bytes that are not valid UTF-8 (``surrogateescape``) are
+    written as ``\\xNN`` escapes, so ``p\\xff.jpg`` and ``p\\xfe.jpg`` stay two names (U+FFFD would merge them)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
