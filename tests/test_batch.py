@@ -171,6 +171,11 @@ def test_rerun_skips_everything_and_retry_failed(collection, in_process, tmp_pat
     other = PipelineSettings(**{**_settings().__dict__, "margin": 0.2})
     with pytest.raises(ValueError, match=r"other settings: margin \(0.0 -> 0.2\)"):
         run_batch([collection], BatchOptions(out=out, settings=other, ray="none", progress=False))
+    # the detector that would run is compared, not the name asked for: "auto" without the YuNet file it had falls
+    # back to Haar, and that is refused instead of mixing Haar rows with YuNet ones
+    gone = PipelineSettings(**{**_settings().__dict__, "detector": "auto", "detector_model": str(tmp_path / "no.onnx")})
+    with pytest.raises(ValueError, match=r"other settings: detector \('yunet [0-9a-f]+' -> 'haar'\)"):
+        run_batch([collection], BatchOptions(out=out, settings=gone, ray="none", progress=False))
     r = run_batch(
         [collection], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, retry_failed=True)
     )

@@ -219,10 +219,17 @@ def run_identity(opts: BatchOptions) -> dict:
         classes = list(read_onnx_metadata(model)["classes"])
     else:
         classes = list(load_checkpoint(model)["classes"])
+    # the detector that will run, not the name asked for: "auto" falls back to Haar when YuNet cannot load
+    detector = s.make_detector()
+    if getattr(detector, "model_path", None):
+        with open(detector.model_path, "rb") as f:
+            detector_id = f"{detector.name} {hashlib.sha256(f.read()).hexdigest()[:16]}"
+    else:
+        detector_id = detector.name
     return {
         "model_sha256": digest.hexdigest(),
         "classes": classes,
-        "detector": s.detector,
+        "detector": detector_id,
         "margin": s.margin,
         "align": s.align,
         "smooth": s.smooth,
