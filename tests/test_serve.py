@@ -479,3 +479,73 @@ def test_api_keys_never_reach_the_access_log(tmp_path, caplog):
     assert "api_key=***&y=2" in record.getMessage()
     create_app(ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar")))
     assert any(isinstance(f, RedactKeys) for f in logging.getLogger("uvicorn.access").filters)
+
+
+def _wait_status(q, job_id: str, want: set[str], timeout: float = 30.0) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = q.get(job_id).status
+        if st in want:
+            return st
+        time.sleep(0.02)
+    return q.get(job_id).status
+
+
+def test_the_job_thread_outlives_a_full_disk(tmp_path, monkeypatch):
+    import sqlite3
+
+    from emolens.serve.jobs import DiskFull, JobQueue, JobStore
+
+    q = JobQueue(tmp_path, lambda job, folder: {"ok": True}, cleanup_every_s=3600)
+    real, full = JobStore.put, [True]
+
+    def put(self, job, owner):
+        if full[0] and job.status == "running":
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, job, owner)
+
+    monkeypatch.setattr(JobStore, "put", put)
+    first, _ = q.new_job_dir()
+    q.submit(first)
+    assert _wait_status(q, first.id, {"failed"}) == "failed" and "disk is full" in q.get(first.id).error
+    # a new upload while the disk is full is refused as such (507 in the app), not a 500
+    monkeypatch.setattr(
+        JobStore,
+        "put",
+        lambda self, job, owner: (_ for _ in ()).throw(sqlite3.OperationalError("database or disk is full")),
+    )
+    job, _ = q.new_job_dir()
+    with pytest.raises(DiskFull, match="disk is full"):
+        q.submit(job)
+    # space freed: the same thread runs the next job
+    monkeypatch.setattr(JobStore, "put", real)
+    full[0] = False
+    second, _ = q.new_job_dir()
+    q.submit(second)
+    assert _wait_status(q, second.id, {"done", "failed"}) == "done"
+
+
+def test_a_restart_with_the_same_pid_recovers_its_jobs(tmp_path):
+    import os
+    import socket
+
+    from emolens.serve.jobs import INTERRUPTED, Job, JobQueue, JobStore, _this_process
+
+    store = JobStore(tmp_path / "jobs.db")
+    (tmp_path / "jobs").mkdir()
+    # written by an earlier server with this very PID (a container restart: the server is PID 1 again), and by a
+    # dead process whose PID now belongs to another one (PID 1 here is alive, but started at another time)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    earlier, reused = f"{me}:1", f"{socket.gethostname()}:1:1"
+    assert _this_process() not in (earlier, reused)
+    rows = {"run": ("running", earlier), "wait": ("queued", earlier), "old": ("running", reused)}
+    ids = {}
+    for name, (status, owner) in rows.items():
+        job = Job(os.urandom(16).hex(), status=status)
+        (tmp_path / "jobs" / job.id).mkdir()
+        store.put(job, owner)
+        ids[name] = job.id
+    q = JobQueue(tmp_path, lambda job, folder: {"ok": True}, cleanup_every_s=3600)
+    assert q.get(ids["run"]).status == "failed" and q.get(ids["run"]).error == INTERRUPTED
+    assert q.get(ids["old"]).status == "failed"
+    assert _wait_status(q, ids["wait"], {"done", "failed"}) == "done"  # queued again and run

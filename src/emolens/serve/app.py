@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -465,6 +466,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         except QueueFull as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise HTTPException(429, str(e)) from None
+        except DiskFull as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(507, str(e)) from None
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            if e.errno == errno.ENOSPC:
+                raise HTTPException(507, "the server's disk is full; try again later") from None
+            raise
         except HTTPException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

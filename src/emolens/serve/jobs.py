@@ -62,21 +62,40 @@ def valid_job_id(job_id: str) -> bool:
         return False
 
 
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``), or ``None`` where unknown."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
 def _this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This server process as a job owner: host, PID and the process's start time (or a random token where the
+    start time is unknown), so a later process that gets the same PID (a container restart, where the server is
+    PID 1) is not taken for this one."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 'u' + uuid.uuid4().hex[:12]}"
 
 
-def _alive(owner: str) -> bool:
+def _alive(owner: str, me: str | None = None) -> bool:
     """Whether the server process that owns a job still runs (a process on another host counts as alive)."""
-    host, _, pid = owner.rpartition(":")
+    host, pid, started = ([*owner.split(":"), "", ""])[:3]  # "host:pid" from before start times were kept
     if host != socket.gethostname():
         return True
+    if me is not None and owner != me and pid == str(os.getpid()):
+        return False  # our PID, another start: the process that wrote it is gone
+    if not pid.isdigit():
+        return False
     try:
         os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
+    except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started and not started.startswith("u"):
+        return _start_time(int(pid)) in (None, started)  # a reused PID has another start time
     return True
 
 
@@ -186,7 +205,11 @@ class JobQueue:
 
     def submit(self, job: Job) -> None:
         self.jobs[job.id] = job  # before it is queued: the worker thread may take it at once
-        self.save(job)
+        try:
+            self.save(job)
+        except sqlite3.OperationalError as e:  # "database or disk is full": refused, nothing half-recorded
+            self.jobs.pop(job.id, None)
+            raise DiskFull(f"cannot record the job: {e}") from None
         try:
             self._q.put_nowait(job.id)
         except queue.Full:
@@ -207,21 +230,34 @@ class JobQueue:
         return job
 
     def _run(self) -> None:
+        """The worker thread: it outlives any error of one job, saving its state included (a full disk)."""
         while True:
             job = self.jobs.get(self._q.get())
             if job is None:
                 continue
-            job.status = "running"
-            self.save(job)
             try:
-                job.summary = self.process(job, self.root / job.id)
-                job.status, job.progress = "done", 1.0
-            except Exception as e:  # noqa: BLE001 - any failure is reported on the job
-                log.warning("job %s failed: %s", job.id, e)
-                job.status, job.error = "failed", str(e).replace(f"{self.root / job.id}{os.sep}", "")
-            job.finished = time.time()
-            self.save(job)
-            self.jobs.pop(job.id, None)
+                self._run_one(job)
+            except Exception as e:  # noqa: BLE001 - e.g. sqlite3 "database or disk is full" while saving state
+                log.error("job %s: could not record its state: %s", job.id, e)
+                job.status, job.error, job.finished = "failed", f"server error: {e}", time.time()
+                try:
+                    self.save(job)
+                except Exception:  # noqa: BLE001 - still full: the in-memory state is all there is
+                    pass
+            finally:
+                self.jobs.pop(job.id, None)
+
+    def _run_one(self, job: Job) -> None:
+        job.status = "running"
+        self.save(job)
+        try:
+            job.summary = self.process(job, self.root / job.id)
+            job.status, job.progress = "done", 1.0
+        except Exception as e:  # noqa: BLE001 - any failure is reported on the job
+            log.warning("job %s failed: %s", job.id, e)
+            job.status, job.error = "failed", str(e).replace(f"{self.root / job.id}{os.sep}", "")
+        job.finished = time.time()
+        self.save(job)
 
     # -- restart and retention ----------------------------------------------------------------------------
     def recover(self) -> dict[str, int]:
@@ -229,7 +265,7 @@ class JobQueue:
         ones are taken over and queued again (or failed when the queue is full)."""
         n = {"interrupted": 0, "requeued": 0}
         for job, owner in self.store.rows("status IN ('queued', 'running')"):
-            if owner == self.owner or _alive(owner) or not self.store.claim(job.id, owner, self.owner):
+            if owner == self.owner or _alive(owner, self.owner) or not self.store.claim(job.id, owner, self.owner):
                 continue
             if job.status == "queued" and (self.root / job.id).is_dir():
                 self.jobs[job.id] = job
