@@ -549,3 +549,34 @@ def test_a_restart_with_the_same_pid_recovers_its_jobs(tmp_path):
     assert q.get(ids["run"]).status == "failed" and q.get(ids["run"]).error == INTERRUPTED
     assert q.get(ids["old"]).status == "failed"
     assert _wait_status(q, ids["wait"], {"done", "failed"}) == "done"  # queued again and run
+
+
+def test_a_data_folder_another_user_prepared_is_refused_and_nothing_outside_it_is_deleted(tmp_path, monkeypatch):
+    import os
+
+    from emolens.serve.folders import UnsafeDataDir, default_data_dir, private_data_dir
+
+    assert default_data_dir().name == f"emolens-serve-{os.getuid()}"
+    victim = tmp_path / "victim_docs"
+    victim.mkdir()
+    old = victim / "thesis.txt"
+    old.write_text("years of work")
+    os.utime(old, (1, 1))  # older than the hour after which the server clears its temporary files
+    # the folder itself a symlink to the victim's files
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(UnsafeDataDir, match="symbolic link"):
+        create_app(ServeSettings(data_dir=tmp_path / "link", pipeline=PipelineSettings(detector="haar")))
+    # a real folder whose tmp/ (cleared at start-up) points at them
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "tmp").symlink_to(victim)
+    with pytest.raises(UnsafeDataDir, match="tmp: a symbolic link"):
+        create_app(ServeSettings(data_dir=planted, pipeline=PipelineSettings(detector="haar")))
+    assert old.read_text() == "years of work"
+    # the default folder, if someone made it writable for others first, is refused; a fresh one is made 0700
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "sys_tmp"))
+    fresh = private_data_dir(default_data_dir())
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    fresh.chmod(0o777)
+    with pytest.raises(UnsafeDataDir, match="other users may write"):
+        private_data_dir(default_data_dir())

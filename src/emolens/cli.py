@@ -698,12 +698,13 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
 @command("serve", "HTTP API + web page (browser webcam, uploads)", serve_arguments)
 def cmd_serve(a: argparse.Namespace) -> int:
     import os
-    import tempfile
     from pathlib import Path
 
     # PyTorch creates its compiler cache folder when it loads (default $TMPDIR/torchinductor_<user>): inside the
     # data folder instead, set before anything imports PyTorch (a user's own setting wins)
-    data = Path(a.data_dir) if a.data_dir else Path(tempfile.gettempdir()) / "emolens-serve"
+    from .serve.folders import default_data_dir
+
+    data = Path(a.data_dir) if a.data_dir else default_data_dir()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data.resolve() / "tmp" / "torchinductor"))
     try:
         import uvicorn

@@ -29,6 +29,7 @@ from ..live.container import frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
 from ..options import PIPELINE, SERVE, check_fields
+from .folders import default_data_dir, private_data_dir
 from .jobs import DiskFull, Job, JobQueue, QueueFull
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class ServeSettings:
     """Limits and locations. Nothing is written outside ``data_dir``. Limits are checked against
     :data:`emolens.options.SERVE` when the object is made and again by :func:`create_app`."""
 
-    data_dir: Path = Path(tempfile.gettempdir()) / "emolens-serve"
+    data_dir: Path = field(default_factory=default_data_dir)  # private: $TMPDIR/emolens-serve-<uid>, mode 0700
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)  # model, detector, crop, threads...
     max_image_mb: float = 10.0
     max_video_mb: float = 200.0
@@ -289,8 +290,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     s = settings or ServeSettings()
     check_fields(s, SERVE)  # (fields may have been changed since it was made)
     check_fields(s.pipeline, PIPELINE)
-    s.data_dir = Path(s.data_dir).resolve()
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    s.data_dir = private_data_dir(s.data_dir, private=Path(s.data_dir) == default_data_dir())
     spool_uploads_in(s.data_dir / "tmp")
     redact_access_log()
     # threads 0: chosen per batch, up to the cores shared out among the worker processes (at least 1 each)
