@@ -138,8 +138,10 @@ class Range(Limit):
         out = ["abc"] + (["0.5"] if self.kind is int else ["nan"])
         if self.lo is not None:
             out.append(_num(self.lo if self.lo_open else self.lo - step))
-        if self.hi is not None:
-            out.append(_num(self.hi if self.hi_open else self.hi + step))
+        if self.hi is not None:  # (a large float bound: half again, since hi + 0.5 prints as hi in %g)
+            out.append(
+                _num(self.hi if self.hi_open else self.hi + max(step, abs(self.hi) / 2 if self.kind is float else step))
+            )
         return out
 
 
