@@ -341,3 +341,14 @@ def test_file_names_that_are_not_utf8_keep_a_row_each(tmp_path):
     assert sorted(Path(f).name for f in files["file"]) == ["p\\xfe.jpg", "p\\xff.jpg"]
     assert len(faces["file"]) == 2 and len(set(faces["file"])) == 2
     assert r["faces"] == 2
+
+
+def test_patterns_and_folders_do_not_follow_link_loops_and_a_file_is_analysed_once(tmp_path):
+    d = tmp_path / "L"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.jpg"), sample_face())
+    (d / "a").symlink_to(".")  # two loops: glob.glob(recursive=True) would walk 2^40 paths
+    (d / "b").symlink_to(".")
+    (tmp_path / "same.jpg").symlink_to(d / "a.jpg")
+    found = discover([f"{d}/**", str(d), str(tmp_path / "same.jpg"), f"{d}/a/a.jpg"])
+    assert [Path(f.path).name for f in found] == ["a.jpg"]

@@ -51,6 +51,15 @@ def _list_file(path: Path) -> list[str]:
     return [str(p if Path(p).is_absolute() else path.parent / p) for p in items]
 
 
+def _glob(pattern: str) -> list[Path]:
+    """Paths matching ``pattern`` (``**`` recurses) without following symbolic links to folders, so a link
+    loop (``ln -s . L/a``) cannot make the search endless, as it does with ``glob.glob(recursive=True)``."""
+    parts = Path(pattern).parts
+    i = next(k for k, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:i]) if i else Path(".")
+    return sorted(base.glob(str(Path(*parts[i:]))))
+
+
 def _expand(item: str, listed: bool) -> list[Path]:
     p = Path(item)
     if p.is_dir():
@@ -71,7 +80,7 @@ def _expand(item: str, listed: bool) -> list[Path]:
         # listed explicitly: let it be decoded (and fail with its own error if it is no media file)
         return [p]
     if glob.has_magic(item):
-        matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+        matches = _glob(item)
         found = [m for m in matches if m.is_file() and media_kind(m)]
         for d in (m for m in matches if m.is_dir()):
             found += _expand(str(d), listed)
@@ -94,9 +103,10 @@ def discover(inputs: list[str | Path]) -> list[MediaFile]:
     for item in inputs:
         for p in _expand(str(item), listed=False):
             path = os.path.abspath(p)
-            if path in seen:
+            real = os.path.realpath(path)  # one file reached through links (or ..) is analysed once
+            if real in seen:
                 continue
-            seen.add(path)
+            seen.add(real)
             st = os.stat(path)
             out.append(MediaFile(path, media_kind(path) or "video", st.st_size, st.st_mtime_ns))
     if not out:
