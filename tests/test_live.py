@@ -616,3 +616,43 @@ def test_strips_one_pixel_thin_are_images_without_faces_not_errors(tmp_path):
         pipe = PipelineSettings(detector=det).build()
         recs = list(predict_images(pipe, sorted(tmp_path.glob("*.png")), progress=False))
         assert [r["status"] for r in recs] == ["no face found", "no face found"], recs
+
+
+def test_a_checkpoint_with_the_tag_but_missing_keys_is_named_not_a_traceback(tmp_path, capsys):
+    import torch
+
+    from emolens.checkpoint import CheckpointError, load_checkpoint
+    from emolens.cli import main
+
+    good = load_checkpoint("fernet_v3")
+    broken = {k: v for k, v in good.items() if k != "classes"}
+    broken["preprocess"] = {k: v for k, v in good["preprocess"].items() if k != "std"}
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match=r"broken\.pt: emolens checkpoint lacks classes, preprocess\.std"):
+        load_checkpoint(tmp_path / "broken.pt")
+    assert main(["predict", str(tmp_path), "--checkpoint", str(tmp_path / "broken.pt"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks classes" in err[0]
+
+
+def test_annotated_copies_never_overwrite_each_other_and_a_failed_copy_keeps_the_answer(tmp_path, monkeypatch):
+    from emolens.live.images import predict_images
+    from emolens.live.settings import PipelineSettings
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "x.jpg"), sample_face())
+    cv2.imwrite(str(tmp_path / "x.png"), sample_face())
+    files = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", tmp_path / "x.png"]
+    pipe = PipelineSettings(detector="haar").build()
+    recs = list(predict_images(pipe, files, progress=False, annotate=tmp_path / "ann"))
+    assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == [
+        "x_2_emolens.jpg",
+        "x_3_emolens.jpg",
+        "x_emolens.jpg",
+    ]
+    assert [Path(r["annotated"]).name for r in recs] == ["x_emolens.jpg", "x_2_emolens.jpg", "x_3_emolens.jpg"]
+    # the annotated copy cannot be written (here: a read-only target): the image's answer stays, the failure is said
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    rec = next(predict_images(pipe, files[:1], progress=False, annotate=tmp_path / "ann2"))
+    assert rec["status"] == "faces" and rec["faces"][0]["label"] == "happiness" and "denied" in rec["annotate_error"]

@@ -100,6 +100,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+#: What every emolens checkpoint holds besides its format tag (inference needs all of it).
+REQUIRED_KEYS = ("model", "num_classes", "classes", "preprocess", "state_dict")
+
+
 def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_classes: int | None = None) -> dict:
     """Read a checkpoint written by emolens (a path or a bundled model's name, :func:`resolve_checkpoint`) and
     check it matches what the caller expects."""
@@ -125,6 +129,14 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, expect_cl
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an emolens checkpoint (no '{FORMAT}' format tag)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    pre = ckpt.get("preprocess")
+    if isinstance(pre, dict):
+        missing += [f"preprocess.{k}" for k in ("image_size", "channels", "mean", "std") if k not in pre]
+    elif "preprocess" in ckpt:
+        missing.append("preprocess (not a table)")
+    if missing:
+        raise CheckpointError(f"{path}: emolens checkpoint lacks {', '.join(missing)} (damaged or hand-edited)")
     if expect_model and ckpt["model"] != expect_model:
         raise CheckpointError(f"{path}: checkpoint is for model {ckpt['model']!r}, not {expect_model!r}")
     if expect_classes and ckpt["num_classes"] != expect_classes:

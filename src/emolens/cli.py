@@ -437,6 +437,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
                 print(f"{rec['file']}: {faces or rec.get('error') or rec['status']}")
             elif rec["status"] == ERROR:  # results go to the files; the images not read are named here too
                 print(f"{rec['file']}: {rec['error']}", file=sys.stderr)
+            if rec.get("annotate_error"):
+                print(f"{rec['file']}: annotated copy not written: {rec['annotate_error']}", file=sys.stderr)
     finally:
         if cf:
             cf.close()

@@ -59,6 +59,7 @@ def predict_images(
     """
     paths = list(paths)
     out_dir = Path(annotate) if annotate else None
+    taken: set[str] = set()  # annotated names given out: a/x.jpg, b/x.jpg and x.png get x, x_2, x_3
     for path in tqdm(paths, desc="predict", disable=not progress, unit="img"):
         name = display_name(path)
         try:
@@ -68,22 +69,38 @@ def predict_images(
             continue
         try:
             results = predict_frame(pipeline, frame, whole_image)
-            if out_dir is not None:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                ok, buf = cv2.imencode(".jpg", draw_faces(frame.copy(), results, pipeline.classes))
-                # written by Python, not OpenCV: any file name the OS allows (also non-UTF-8) works
-                (out_dir / (path.stem + "_emolens.jpg")).write_bytes(buf.tobytes())
         except Exception as e:  # noqa: BLE001 - one odd image must not end a batch: record it and go on
             log.debug("%s", name, exc_info=True)
             yield {"file": name, "status": ERROR, "error": f"{type(e).__name__}: {_reason(e, path)}", "faces": []}
             continue
-        yield {
+        record = {
             "file": name,
             "status": FACES if results else NO_FACE,
             "width": frame.shape[1],
             "height": frame.shape[0],
             "faces": [r.to_record(track=False) for r in results],
         }
+        if out_dir is not None:
+            target = out_dir / _unique_name(path.stem, taken)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                ok, buf = cv2.imencode(".jpg", draw_faces(frame.copy(), results, pipeline.classes))
+                # written by Python, not OpenCV: any file name the OS allows (also non-UTF-8) works
+                target.write_bytes(buf.tobytes())
+                record["annotated"] = display_name(target)
+            except Exception as e:  # noqa: BLE001 - the image was read and analysed: keep its answer
+                record["annotate_error"] = f"{type(e).__name__}: {e}"
+        yield record
+
+
+def _unique_name(stem: str, taken: set[str]) -> str:
+    """``<stem>_emolens.jpg``, or ``<stem>_<n>_emolens.jpg`` when an earlier image already took that name."""
+    name, n = f"{stem}_emolens.jpg", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}_emolens.jpg"
+    taken.add(name)
+    return name
 
 
 def predict_frame(pipeline: Pipeline, frame: np.ndarray, whole_image: bool = False) -> list:
