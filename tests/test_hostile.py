@@ -279,3 +279,35 @@ def test_jobs_survive_kill_9_and_restart(tmp_path):
         assert str(tmp_path) not in text and str(data) not in text  # no server paths in responses
     finally:
         srv.stop()
+
+
+def test_slow_bodies_cannot_hold_the_admission_slots(tmp_path):
+    """Slowloris: more connections than --max-pending send headers and 100 body bytes, then nothing. Each is
+    dropped (408) once its body stalls for --body-timeout, and a normal upload is served meanwhile or right after."""
+    srv = Server(tmp_path / "d", "--max-pending", "2", "--body-timeout", "2")
+    try:
+        boundary = "xx"
+        head = (
+            f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}"
+            "\r\nContent-Length: 500000\r\n\r\n"
+        )
+        part = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        part += "Content-Type: image/jpeg\r\n\r\n"
+        socks = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(head.encode() + part.encode() + b"\xff" * 100)
+            socks.append(s)
+        replies = []
+        for s in socks:
+            s.settimeout(30)
+            replies.append(s.recv(4096))
+            s.close()
+        codes = sorted(int(r.split(b" ", 2)[1]) for r in replies)
+        # the two admitted ones stall and are dropped; the others were refused as busy, or dropped the same way
+        assert codes.count(408) >= 2 and set(codes) <= {408, 503}, replies
+        face = cv2.imencode(".jpg", cv2.copyMakeBorder(sample_face(), 60, 60, 90, 90, cv2.BORDER_CONSTANT))[1]
+        r = httpx.post(f"{srv.url}/v1/predict", files={"file": ("f.jpg", face.tobytes(), "image/jpeg")}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+    finally:
+        srv.stop()

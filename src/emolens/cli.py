@@ -643,6 +643,7 @@ def serve_settings(a: argparse.Namespace):
         max_image_mb=a.max_image_mb,
         max_video_mb=a.max_video_mb,
         request_timeout_s=a.timeout,
+        body_timeout_s=a.body_timeout,
         max_queued_jobs=a.max_jobs,
         max_pending=a.max_pending,
         keep_hours=a.keep_hours,
@@ -667,6 +668,13 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     _limited(p, "--max-image-mb", SERVE["max_image_mb"], "largest image upload", default=10.0)
     _limited(p, "--max-video-mb", SERVE["max_video_mb"], "largest video upload", default=200.0)
     _limited(p, "--timeout", SERVE["request_timeout_s"], "per-request time limit (s)", default=20.0)
+    _limited(
+        p,
+        "--body-timeout",
+        SERVE["body_timeout_s"],
+        "drop an upload that sends nothing for this long (s): slow clients cannot hold the server's slots",
+        default=10.0,
+    )
     _limited(p, "--max-jobs", SERVE["max_queued_jobs"], "video jobs that may wait in the queue", default=4)
     _limited(
         p,

@@ -243,6 +243,7 @@ SERVE: dict[str, Limit] = {  # upper bounds: far past any real use, short of ove
     "max_video_mb": Range(float, 0, 1e7, lo_open=True),
     "max_image_side": Range(int, 1, 1_000_000),
     "request_timeout_s": Range(float, 0, 1e6, lo_open=True),
+    "body_timeout_s": Range(float, 0, 1e6, lo_open=True),
     "job_timeout_s": Range(float, 0, 1e7),  # 0: every job ends at once (tests)
     "max_queued_jobs": Range(int, 1, 1_000_000),
     "max_pending": Range(int, 1, 1_000_000),

@@ -79,6 +79,8 @@ class ServeSettings:
     max_video_mb: float = 200.0
     max_image_side: int = 8000
     request_timeout_s: float = 20.0
+    body_timeout_s: float = 10.0  # a request body that sends nothing for this long is dropped (408), as nginx's
+    # client_body_timeout: a slow client cannot hold an admission slot by sending a few bytes and waiting
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
     max_pending: int = 8  # predictions in flight (uploading, waiting, running) per worker before 503
@@ -222,14 +224,14 @@ class BodyLimit:
     ``limits``: path -> (limit in MB for the message, limit in bytes); other paths get 1 MB.
     """
 
-    def __init__(self, app, limits: dict[str, tuple[float, int]]) -> None:
-        self.app, self.limits = app, limits
+    def __init__(self, app, limits: dict[str, tuple[float, int]], idle_s: float = 10.0) -> None:
+        self.app, self.limits, self.idle_s = app, limits, idle_s
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         mb, limit = self.limits.get(scope["path"], (1.0, 2**20))
-        detail = f"upload larger than the {mb:g} MB limit"
+        detail, status = f"upload larger than the {mb:g} MB limit", 413
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             status = 413 if length.isdigit() else 400
@@ -238,10 +240,15 @@ class BodyLimit:
         seen, over, answered = 0, False, False
 
         async def limited():
-            nonlocal seen, over
+            nonlocal seen, over, status, detail
             if over:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except asyncio.TimeoutError:  # the client stopped sending mid-body (or trickles): drop it
+                over, status = True, 408
+                detail = f"the request body stalled (nothing received for {self.idle_s:g} s)"
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:  # stop reading: to the app, the client has gone (it stops parsing)
@@ -253,7 +260,9 @@ class BodyLimit:
             nonlocal answered
             if not answered:
                 answered = True
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(
+                    scope, receive, send
+                )
 
         async def guarded_send(message) -> None:
             if over:  # whatever the app answers to the "disconnect", the client gets the 413
@@ -374,6 +383,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             "/v1/predict": (s.max_image_mb, int(s.max_image_mb * 2**20) + MULTIPART_SLACK),
             "/v1/video": (s.max_video_mb, int(s.max_video_mb * 2**20) + MULTIPART_SLACK),
         },
+        idle_s=s.body_timeout_s,
     )
     if s.allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
