@@ -311,3 +311,31 @@ def test_slow_bodies_cannot_hold_the_admission_slots(tmp_path):
         assert r.status_code == 200 and len(r.json()["faces"]) == 1
     finally:
         srv.stop()
+
+
+def test_the_disk_quota_is_reserved_for_each_upload_before_its_body_is_read(tmp_path):
+    """Parallel uploads cannot each pass a quota checked once: each reserves its Content-Length first."""
+    srv = Server(tmp_path / "d", "--max-disk-gb", "0.01", "--max-jobs", "16", "--body-timeout", "2")
+    try:
+        head = (
+            "POST /v1/video HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+            f"Content-Length: {4 * MB}\r\n\r\n--xx\r\n"
+        )
+        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(4)]
+        for s in socks:
+            s.sendall(head.encode())
+            time.sleep(0.2)
+        replies = []
+        for s in socks:
+            s.settimeout(30)
+            replies.append(s.recv(4096))
+            s.close()
+        codes = [int(r.split(b" ", 2)[1]) for r in replies]
+        # 10.7 MB of quota: two 4 MB uploads fit (they stall and are dropped, 408), the next two are refused at once
+        assert sorted(codes) == [408, 408, 507, 507], replies
+        assert b"disk quota" in next(r for r in replies if b" 507 " in r)
+        # every reservation was given back: a new upload is taken (and refused only as not being a video)
+        r = httpx.post(f"{srv.url}/v1/video", files={"file": ("v.mp4", b"junk" * 100, "video/mp4")}, timeout=30)
+        assert r.status_code == 400
+    finally:
+        srv.stop()

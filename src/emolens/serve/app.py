@@ -358,12 +358,26 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings, app.state.jobs = s, jobs
 
     admitted = [0]  # predictions being uploaded, waiting or running
+    video_bytes = int(s.max_video_mb * 2**20) + MULTIPART_SLACK
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         problem = access_problem(s, request.headers, request.url.path, request.query_params.get("api_key"))
         if problem:
             return JSONResponse({"detail": problem[1]}, status_code=problem[0])
+        if request.url.path == "/v1/video" and request.method == "POST":
+            # the quota is reserved for the whole body before it is read (it is spooled to disk as it arrives):
+            # parallel uploads cannot each pass a check made once and fill the disk together
+            length = request.headers.get("content-length", "")
+            need = min(int(length), video_bytes) if length.isdigit() else video_bytes
+            try:
+                jobs.reserve(need)
+            except DiskFull as e:
+                return JSONResponse({"detail": str(e)}, status_code=507, headers={"Connection": "close"})
+            try:
+                return await call_next(request)
+            finally:
+                jobs.release(need)
         if request.url.path != "/v1/predict" or request.method != "POST":
             return await call_next(request)
         # admission before the body is read: a request beyond max_pending costs no upload parsing

@@ -182,6 +182,8 @@ class JobQueue:
         self.jobs: dict[str, Job] = {}  # jobs of this process while queued or running
         self._q: queue.Queue[str] = queue.Queue(maxsize=max_queued)
         self._lock = threading.Lock()
+        self._reserve_lock = threading.Lock()
+        self.reserved = 0  # bytes promised to uploads still streaming in (see reserve)
         self.recover()
         self.cleanup()
         threading.Thread(target=self._run, daemon=True, name="emolens-jobs").start()
@@ -192,6 +194,22 @@ class JobQueue:
         if not valid_job_id(job_id):
             raise KeyError(job_id)
         return self.root / job_id
+
+    def reserve(self, nbytes: int) -> None:
+        """Promise ``nbytes`` of the quota to an upload before its body is read; :class:`DiskFull` if the jobs,
+        the other uploads in flight and this one would pass it. :meth:`release` it when the upload is stored."""
+        with self._reserve_lock:
+            if self.disk_used() + self.reserved + nbytes > self.max_bytes:
+                self.cleanup()
+                if self.disk_used() + self.reserved + nbytes > self.max_bytes:
+                    raise DiskFull(
+                        f"the jobs and the uploads in progress would pass the {self.max_bytes / 2**30:g} GB disk quota"
+                    )
+            self.reserved += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._reserve_lock:
+            self.reserved = max(0, self.reserved - nbytes)
 
     def new_job_dir(self) -> tuple[Job, Path]:
         if self.disk_used() > self.max_bytes:
