@@ -428,3 +428,26 @@ def test_a_share_below_one_keeps_a_fixed_subset_of_training_faces(tmp_path):
     cfg = {"dataset": "folder", "root": str(folder), "extra_data": [f"folder={folder}*0.5"]}
     counts = train_counts({"classes": list(full.classes), "config": cfg})
     assert counts.sum() == len(half) and (counts == half.class_counts()).all()
+
+
+def test_every_decoder_path_checks_the_pixel_limit_from_the_header(monkeypatch):
+    """Radiance HDR and PFM, which OpenCV decodes and Pillow cannot size, are sized from their own headers; a file
+    no header reader knows is refused; none of them reaches the decoder when refused."""
+    from emolens.data.base import ImageTooLarge, decode_image
+
+    calls = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(1))
+    hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 4000 +X 32000\n" + b"\x02\x02" * 64
+    with pytest.raises(ImageTooLarge, match="32000x4000"):
+        decode_image(hdr, "bomb.png")
+    with pytest.raises(ImageTooLarge, match="30000x5000"):
+        decode_image(b"PF\n30000 5000\n-1.0\n" + b"\x00" * 64, "bomb.pfm")
+    with pytest.raises(ImageTooLarge):  # a Radiance file without a size line is never decoded
+        decode_image(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n" + b"\x00" * 64, "odd.hdr")
+    with pytest.raises(DataError, match="unknown or unsupported format"):
+        decode_image(b"\x00\x01\x02\x03" * 64, "mystery.bin")
+    assert calls == []
+    # a small real HDR still decodes
+    monkeypatch.undo()
+    ok, buf = cv2.imencode(".hdr", np.full((8, 12, 3), 0.5, np.float32))
+    assert decode_image(buf.tobytes(), "small.hdr").shape[:2] == (8, 12)

@@ -70,6 +70,25 @@ def header_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = limit
 
 
+def other_header_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` from the header of a format OpenCV decodes but Pillow does not size: Radiance HDR
+    (``#?RADIANCE``/``#?RGBE``, a ``-Y H +X W`` line) and PFM (``PF``/``Pf``, then ``W H``); ``None`` otherwise."""
+    head = bytes(buf[:4096])
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        import re
+
+        found = re.search(rb"\n\n([-+][YX]) (\d+) ([-+][YX]) (\d+)", head)
+        if found:
+            a, b = int(found.group(2)), int(found.group(4))
+            return (b, a) if found.group(1).endswith(b"Y") else (a, b)
+        return (2**31, 2**31)  # no size line where it belongs: treated as too large, never decoded
+    if head[:2] in (b"PF", b"Pf"):
+        fields = head[2:64].split()
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            return int(fields[0]), int(fields[1])
+    return None
+
+
 def decode_image(
     buf: bytes | np.ndarray, source: str, max_pixels: int = MAX_PIXELS, flags: int = -1, max_side: int | None = None
 ) -> np.ndarray:
@@ -82,10 +101,12 @@ def decode_image(
     arr = np.frombuffer(buf, np.uint8) if isinstance(buf, bytes | bytearray) else buf
     if arr.size == 0:
         raise DataError(f"{source}: image file is empty")
-    size = header_size(arr)
-    if size is not None and max_side is not None and max(size) > max_side:
+    size = header_size(arr) or other_header_size(arr)
+    if size is None:  # no header we can size before decoding: refused, so no decoder runs unchecked
+        raise DataError(f"{source}: not a readable image (unknown or unsupported format)")
+    if max_side is not None and max(size) > max_side:
         raise ImageTooLarge(f"image is {size[0]}x{size[1]}; the limit is {max_side} px per side")
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size[0] * size[1] > max_pixels:
         raise ImageTooLarge(
             f"{source}: image is {size[0]}x{size[1]} px ({size[0] * size[1] / 1e6:.0f} MP), over the "
             f"{max_pixels / 1e6:.0f} MP limit"
