@@ -514,7 +514,7 @@ def test_python_entry_points_share_the_checks(tmp_path):
     from emolens.serve import ServeSettings
 
     assert set(SERVE) <= {f.name for f in dataclasses.fields(ServeSettings)}
-    with pytest.raises(ValueError, match=r"^max_pending must be >= 1 \(got 0\)$"):
+    with pytest.raises(ValueError, match=r"^max_pending must be >= 1 and <= 1000000 \(got 0\)$"):
         ServeSettings(max_pending=0)
 
 

@@ -216,8 +216,12 @@ def test_ferplus_real(ferplus_root):
 
 # ---------------------------------------------------------------- FER2013
 def test_fer2013_folder_real_splits(fer2013_root):
-    sizes = {s: len(open_dataset("fer2013", fer2013_root, s).samples) for s in ("train", "val", "test")}
-    assert sizes == {"train": 28709, "val": 3589, "test": 3589}
+    # the shared copy holds the test part only (PublicTest + PrivateTest): its training faces are FER+'s
+    sizes = {s: len(open_dataset("fer2013", fer2013_root, s).samples) for s in ("val", "test")}
+    assert sizes == {"val": 3589, "test": 3589}
+    if not (fer2013_root / "train").is_dir():
+        with pytest.raises(DataError, match="nor a train/ folder"):
+            open_dataset("fer2013", fer2013_root, "train")
     ds = open_dataset("fer2013", fer2013_root, "test")
     assert ds.classes == CLASSES_7
     assert all("PrivateTest" in s.path for s in ds.samples)

@@ -49,9 +49,8 @@ class Server:
         self.url, self.data_dir = f"http://127.0.0.1:{self.port}", data_dir
         cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
         cmd += ["--detector", "haar", "--threads", "1", *flags]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-        )
+        env = {**{k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.time() + 90
         while True:
             try:

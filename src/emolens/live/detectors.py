@@ -40,6 +40,8 @@ class FaceDetector(Protocol):
 #: Frames whose shorter side is below this are upscaled before detection: YuNet finds no face in a 32x25 px
 #: face photo as it is, and finds it once upscaled (measured on the bundled sample face).
 MIN_SIDE = 160
+#: Frames thinner than this (after rescaling) are not searched: no detector finds a face in them.
+MIN_FACE_PX = 8
 
 
 def _rescale(frame: np.ndarray, max_side: int, min_side: int = MIN_SIDE) -> tuple[np.ndarray, float]:
@@ -95,6 +97,8 @@ class HaarDetector:
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         small, f = _rescale(frame_bgr, self.max_side)
+        if min(small.shape[:2]) < MIN_FACE_PX:  # a strip a few pixels thin holds no face (and trips OpenCV)
+            return []
         grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         grey = cv2.equalizeHist(grey)
         ms = max(8, round(self.min_size * min(f, 1.0)))
@@ -142,6 +146,8 @@ class YuNetDetector:
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         small, f = _rescale(frame_bgr, self.max_side)
+        if min(small.shape[:2]) < MIN_FACE_PX:  # a strip a few pixels thin holds no face (and trips OpenCV)
+            return []
         if small.ndim == 2:
             small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
         size = (small.shape[1], small.shape[0])
