@@ -101,6 +101,13 @@ class InProcessExecutor:
         pass
 
 
+class _QuietTokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on (its default for a local cluster), nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
 class RayExecutor:
     """A pool of Ray actors, each holding a :class:`FileAnalyzer` (model loaded once per actor)."""
 
@@ -112,10 +119,9 @@ class RayExecutor:
         if not ray.is_initialized():
             # EMOLENS_* settings (cache, YuNet model path...) travel to the workers
             env = {k: v for k, v in os.environ.items() if k.startswith("EMOLENS_")}
-            if opts.ray == "auto" and "RAY_ADDRESS" not in os.environ:
-                # the local cluster emolens starts takes Ray's default, token authentication, said explicitly so
-                # Ray does not warn about it on every run (a user's own RAY_AUTH_MODE wins)
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
+            # Ray announces its default (token authentication on a new local cluster) with a warning on every run;
+            # the default stays, the notice goes (setting RAY_AUTH_MODE=token instead stops the local start here)
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_QuietTokenNotice())
             ray.init(
                 address=None if opts.ray == "auto" else opts.ray,
                 runtime_env={"env_vars": env} if env else None,
