@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO, make_folder_dataset, make_rafdb
+from conftest import REPO, make_affectnet_yolo, make_folder_dataset, make_rafdb
 
 from emolens.checkpoint import build_from_checkpoint
 from emolens.evaluation.evaluate import evaluate
@@ -790,3 +790,21 @@ def test_max_samples_decodes_only_the_faces_it_draws(tiny_root, tmp_path, monkey
     train(_cfg(tiny_root, tmp_path / "run", epochs=1, max_samples=8, cache=True))
     # the 8 training and 8 validation faces drawn, not the whole tree (120 training faces) into a cache
     assert 0 < len(loaded) <= 16 and not list((tmp_path / "cache").glob("*.npy"))
+
+
+def test_fine_tuning_on_an_affectnet_yolo_tree(tiny_root, tmp_path):
+    from emolens.labels import CLASSES
+
+    # a model of the common 8 classes fine-tuned on a small re-pack tree, with RAF-DB beside it in one label space
+    first = train(_cfg(tiny_root, tmp_path / "a", epochs=1, channels=3))
+    yolo = make_affectnet_yolo(tmp_path / "affectnet", per_class=6, dups=4)
+    raf, _ = make_rafdb(tmp_path / "raf", "kaggle")
+    cfg = _cfg(yolo, tmp_path / "b", dataset="affectnet", channels=3, epochs=2, init=str(first / "best.pt"))
+    cfg.extra_data = [f"rafdb={raf}"]
+    out = train(cfg)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and set(rows[-1]["val_per_set"]) == {"affectnet", "rafdb"}
+    ck = load_checkpoint(out / "best.pt", expect_classes=8)
+    assert ck["classes"] == list(CLASSES)
+    counts = ck["train_counts"]  # every AffectNet class reached training, contempt included
+    assert all(c > 0 for c in counts) and counts[CLASSES.index("contempt")] >= 4
