@@ -448,7 +448,7 @@ def test_every_decoder_path_checks_the_pixel_limit_from_the_header(monkeypatch):
         decode_image(b"PF\n30000 5000\n-1.0\n" + b"\x00" * 64, "bomb.pfm")
     with pytest.raises(ImageTooLarge):  # a Radiance file without a size line is never decoded
         decode_image(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n" + b"\x00" * 64, "odd.hdr")
-    with pytest.raises(DataError, match="unknown or unsupported format"):
+    with pytest.raises(DataError, match="corrupt or unsupported format"):
         decode_image(b"\x00\x01\x02\x03" * 64, "mystery.bin")
     assert calls == []
     # a small real HDR still decodes

@@ -103,7 +103,7 @@ def decode_image(
         raise DataError(f"{source}: image file is empty")
     size = header_size(arr) or other_header_size(arr)
     if size is None:  # no header we can size before decoding: refused, so no decoder runs unchecked
-        raise DataError(f"{source}: not a readable image (unknown or unsupported format)")
+        raise DataError(f"{source}: not a readable image (corrupt or unsupported format)")
     if max_side is not None and max(size) > max_side:
         raise ImageTooLarge(f"image is {size[0]}x{size[1]}; the limit is {max_side} px per side")
     if size[0] * size[1] > max_pixels:
