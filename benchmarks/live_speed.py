@@ -70,9 +70,8 @@ def run_one(
     clip = tmp / "in.avi"
     truth = make_clip([f for f, _ in faces], clip, n_frames=frames)
     labels = [y for _, y in faces]
-    from emolens.live.classifier import default_threads
-
-    clf = EmotionClassifier(checkpoint, threads=threads or default_threads())
+    # threads 0: the classifier's own automatic choice, as the CLI makes it (one thread for 1-2 faces, else the cores)
+    clf = EmotionClassifier(checkpoint, threads=threads or None)
     from emolens.live.crop import crop_faces
     from emolens.live.detectors import Face
 
@@ -202,7 +201,7 @@ def main() -> None:
     ap.add_argument("--detectors", default="haar,yunet")
     ap.add_argument("--faces", default="1,3,8")
     ap.add_argument("--margin", type=float, default=0.0, help="face-box margin per side (as the CLI's --margin)")
-    ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI default, all cores)")
+    ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI's automatic choice)")
     ap.add_argument("--load", default="none", help="comma list of loads to run beside: none, busy, mixed")
     ap.add_argument("--threads-set", help="comma list of thread settings to compare: default, before, 1, 2, ...")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, interleaved; median FPS kept")
