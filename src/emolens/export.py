@@ -53,18 +53,24 @@ def onnx_metadata(ckpt: dict) -> dict:
     }
 
 
-def read_onnx_metadata(path: str | Path) -> dict:
-    """The emolens metadata of an ONNX file; :class:`OnnxMetadataError` names what is missing."""
+def open_onnx(path: str | Path, options=None):
+    """An ONNX Runtime session of an emolens export and its checked metadata, the file loaded once;
+    :class:`OnnxMetadataError` names a missing or unreadable file or what the metadata lacks."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise OnnxMetadataError(f"{path}: ONNX file not found")
     try:
-        meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for broken files
         raise OnnxMetadataError(f"{path}: not a readable ONNX model ({e})") from None
-    return parse_metadata(meta.custom_metadata_map, str(path))
+    return session, parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The emolens metadata of an ONNX file; :class:`OnnxMetadataError` names what is missing."""
+    return open_onnx(path)[1]
 
 
 def parse_metadata(props: dict[str, str], source: str) -> dict:

@@ -121,7 +121,9 @@ class RayExecutor:
             env = {k: v for k, v in os.environ.items() if k.startswith("EMOLENS_")}
             # Ray announces its default (token authentication on a new local cluster) with a warning on every run;
             # the default stays, the notice goes (setting RAY_AUTH_MODE=token instead stops the local start here)
-            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_QuietTokenNotice())
+            notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            if not any(isinstance(f, _QuietTokenNotice) for f in notices.filters):
+                notices.addFilter(_QuietTokenNotice())
             ray.init(
                 address=None if opts.ray == "auto" else opts.ray,
                 runtime_env={"env_vars": env} if env else None,
@@ -209,16 +211,11 @@ class Idle:
 def run_identity(opts: BatchOptions) -> dict:
     """What decides a batch's answers: the model (by content), its classes, detector, crop and video
     settings. Threads, device and the executor do not change results."""
-    import hashlib
-
     from ..checkpoint import load_checkpoint, resolve_checkpoint
+    from ..download import sha256_of
 
     s = opts.settings
     model = Path(s.onnx) if s.onnx else resolve_checkpoint(s.checkpoint)
-    digest = hashlib.sha256()
-    with open(model, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
     if s.onnx:
         from ..export import read_onnx_metadata
 
@@ -227,13 +224,10 @@ def run_identity(opts: BatchOptions) -> dict:
         classes = list(load_checkpoint(model)["classes"])
     # the detector that will run, not the name asked for: "auto" falls back to Haar when YuNet cannot load
     detector = s.make_detector()
-    if getattr(detector, "model_path", None):
-        with open(detector.model_path, "rb") as f:
-            detector_id = f"{detector.name} {hashlib.sha256(f.read()).hexdigest()[:16]}"
-    else:
-        detector_id = detector.name
+    model_path = getattr(detector, "model_path", None)
+    detector_id = f"{detector.name} {sha256_of(model_path)[:16]}" if model_path else detector.name
     return {
-        "model_sha256": digest.hexdigest(),
+        "model_sha256": sha256_of(model),
         "classes": classes,
         "detector": detector_id,
         "margin": s.margin,

@@ -101,20 +101,20 @@ class EmotionClassifier:
         elif backend == "onnx":
             import onnxruntime as ort
 
-            from ..export import metadata_preprocess, read_onnx_metadata
+            from ..export import metadata_preprocess, open_onnx
 
             if onnx_path is None:
                 raise ValueError("backend='onnx' needs onnx_path (create it with `emolens export`)")
-            meta = read_onnx_metadata(onnx_path)  # the export describes itself: no checkpoint needed
-            self.checkpoint = Path(onnx_path)
-            self.classes = list(meta["classes"])
-            self.model_name = meta["model"]
-            self.preprocess = metadata_preprocess(meta)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.threads
             # idle worker threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE does for PyTorch)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+            # the export describes itself: no checkpoint needed
+            self.session, meta = open_onnx(onnx_path, opts)
+            self.checkpoint = Path(onnx_path)
+            self.classes = list(meta["classes"])
+            self.model_name = meta["model"]
+            self.preprocess = metadata_preprocess(meta)
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
         p = self.preprocess
