@@ -8,6 +8,12 @@ count the worker processes that answer (``pids``). Status codes other than 200 (
 
     python benchmarks/serve_load.py [--requests 200] [--concurrency 8] [--workers 1,4]
     python benchmarks/serve_load.py --concurrency 64 --workers 1 --name serve_load_overload   # overload
+    python benchmarks/serve_load.py --bombs [--uploads 8 --streams 16] --name serve_load_bombs
+
+``--bombs``: the hostile case. ``--uploads`` clients each POST a 7999x7999 PNG (a blank image, 187 KB
+compressed, 192 MB decoded; within the default limits) ``--rounds`` times while ``--streams`` WebSockets each
+send it once and wait for the answer; reported: ``/healthz`` p50/p95/max from a separate process, the server's
+peak resident memory (``VmHWM``), status codes, and how the streams ended (answered, or closed busy 1013).
 """
 
 from __future__ import annotations
@@ -128,6 +134,90 @@ def poll_health(url: str, timeout: float, stop, results) -> None:
     results.put(health)
 
 
+def big_png(side: int = 7999) -> bytes:
+    return cv2.imencode(".png", np.zeros((side, side, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_bombs(uploads: int, rounds: int, streams: int, detector: str, timeout: float, flags: list[str]) -> dict:
+    """``uploads`` x ``rounds`` big-PNG predictions and ``streams`` WebSocket frames at once (see the docstring)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="emolens-load-")
+    cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--detector", detector]
+    srv = subprocess.Popen([*cmd, "--data-dir", data, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    png = big_png()
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        face = cv2.imencode(".jpg", sample_face())[1].tobytes()
+        httpx.post(url + "/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")}, timeout=timeout)  # warm
+        rss_idle = peak_rss_mb(srv.pid)
+
+        def upload(_):
+            codes = []
+            with httpx.Client(timeout=timeout) as c:
+                for _ in range(rounds):
+                    codes.append(c.post(url + "/v1/predict", files={"file": ("big.png", png, "image/png")}).status_code)
+            return codes
+
+        def stream(_):
+            try:
+                with connect(f"ws://127.0.0.1:{port}/v1/stream", open_timeout=timeout, max_size=None) as ws:
+                    ws.send(png)
+                    reply = ws.recv(timeout=timeout)
+                    return "answered" if '"frame"' in reply else "error"
+            except ConnectionClosed as e:
+                return f"closed {e.rcvd.code if e.rcvd else '?'}"
+
+        stop = multiprocessing.Event()
+        results = multiprocessing.Queue()
+        poller = multiprocessing.Process(target=poll_health, args=(url, timeout, stop, results))
+        poller.start()
+        t = time.perf_counter()
+        with ThreadPoolExecutor(uploads + streams) as ex:
+            up = ex.map(upload, range(uploads))
+            ws = ex.map(stream, range(streams))
+            codes = [c for cs in up for c in cs]
+            ends = list(ws)
+        wall = time.perf_counter() - t
+        stop.set()
+        health = np.array(results.get(timeout=30)) * 1000
+        poller.join()
+        return {
+            "uploads": uploads,
+            "rounds": rounds,
+            "streams": streams,
+            "flags": " ".join(flags),
+            "wall_s": round(wall, 1),
+            "upload_codes": {str(k): codes.count(k) for k in sorted(set(codes))},
+            "stream_ends": {k: ends.count(k) for k in sorted(set(ends))},
+            "healthz_n": len(health),
+            "healthz_p50_ms": float(np.percentile(health, 50)),
+            "healthz_p95_ms": float(np.percentile(health, 95)),
+            "healthz_max_ms": float(health.max()),
+            "rss_after_warmup_mb": rss_idle,
+            "peak_rss_mb": peak_rss_mb(srv.pid),
+        }
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=200)
@@ -136,7 +226,20 @@ def main() -> None:
     ap.add_argument("--detector", default="haar")
     ap.add_argument("--timeout", type=float, default=60)
     ap.add_argument("--name", default="serve_load", help="results/<name>.json")
+    ap.add_argument("--bombs", action="store_true", help="big-PNG uploads and WebSocket frames (see above)")
+    ap.add_argument("--uploads", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--serve-flags", default="", help="extra `emolens serve` flags, e.g. '--max-streams 16'")
     a = ap.parse_args()
+    if a.bombs:
+        flags = a.serve_flags.split()
+        rows = [run_bombs(a.uploads, a.rounds, a.streams, a.detector, a.timeout, flags)]
+        print_table(rows, list(rows[0]))
+        image = "blank 7999x7999 PNG, compression 9"
+        save(a.name, {"command": " ".join(sys.argv), "endpoint": "POST /v1/predict + /v1/stream", "image": image,
+                      "detector": a.detector, "rows": rows})  # fmt: skip
+        return
     rows = [run(int(w), a.requests, a.concurrency, a.detector, a.timeout) for w in a.workers.split(",")]
     print_table(rows, list(rows[0]))
     save(

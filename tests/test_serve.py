@@ -451,16 +451,90 @@ def test_overload_gets_503_and_healthz_stays_fast(tmp_path, monkeypatch):
     assert len(calls) <= 4 + 1  # timed-out requests that had not started were never worked on
 
 
+def test_decoding_runs_off_the_event_loop_with_at_most_work_slots_images_at_once(tmp_path, monkeypatch):
+    """Uploads and WebSocket frames are decoded in the work pool, never on the event loop (which must keep
+    answering), and no more than WORK_SLOTS decoded images exist at once however many requests arrive."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emolens.serve import app as app_module
+
+    seen = {"on_loop": 0, "now": 0, "peak": 0, "calls": 0}
+    guard = threading.Lock()
+    real = app_module.decode_image
+
+    def watched(*a, **k):
+        try:
+            asyncio.get_running_loop()
+            seen["on_loop"] += 1
+        except RuntimeError:
+            pass
+        with guard:
+            seen["now"] += 1
+            seen["calls"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            time.sleep(0.2)  # long enough for the other requests to pile up behind the slots
+            return real(*a, **k)
+        finally:
+            with guard:
+                seen["now"] -= 1
+
+    monkeypatch.setattr(app_module, "decode_image", watched)
+    app = create_app(ServeSettings(data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), hosts=["testserver"]))
+    jpg = _jpeg(sample_face())
+    with TestClient(app) as c:
+        with ThreadPoolExecutor(6) as ex:
+            post = lambda _: c.post("/v1/predict", files={"file": ("a.jpg", jpg, "image/jpeg")})  # noqa: E731
+            codes = list(ex.map(post, range(6)))
+        with c.websocket_connect("/v1/stream") as ws:
+            ws.send_bytes(jpg)
+            assert ws.receive_json()["frame"] == 0
+        assert seen["calls"] == 7 and seen["on_loop"] == 0
+        assert seen["peak"] == app_module.WORK_SLOTS
+        # an image over BIG_PIXELS (from its header) takes every slot: such images are decoded one at a time
+        side = int(app_module.BIG_PIXELS**0.5) + 8
+        big = cv2.imencode(".png", np.zeros((side, side, 3), np.uint8))[1].tobytes()
+        seen["peak"] = 0
+        with ThreadPoolExecutor(3) as ex:
+            bigs = list(ex.map(lambda _: c.post("/v1/predict", files={"file": ("b.png", big, "image/png")}), range(3)))
+    assert [r.status_code for r in codes + bigs] == [200] * 9
+    assert seen["peak"] == 1 and seen["on_loop"] == 0
+
+
+def test_live_streams_beyond_the_limit_are_told_to_come_back(tmp_path):
+    from starlette.websockets import WebSocketDisconnect
+
+    app = create_app(
+        ServeSettings(
+            data_dir=tmp_path, pipeline=PipelineSettings(detector="haar"), hosts=["testserver"], max_streams=1
+        )
+    )
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/stream") as first:
+            with c.websocket_connect("/v1/stream") as second:
+                with pytest.raises(WebSocketDisconnect) as e:
+                    second.receive_json()
+            assert e.value.code == 1013 and "1 live streams" in e.value.reason
+            first.send_bytes(_jpeg(sample_face()))
+            assert first.receive_json()["frame"] == 0
+        with c.websocket_connect("/v1/stream") as again:  # the slot is free once the first one closed
+            again.send_bytes(_jpeg(sample_face()))
+            assert again.receive_json()["frame"] == 0
+
+
 def test_serve_flags_reach_the_settings(monkeypatch):
     from emolens.cli import build_parser, serve_settings
 
     monkeypatch.delenv("EMOLENS_API_KEY", raising=False)
     a = build_parser().parse_args(
-        ["serve", "--max-pending", "3", "--max-jobs", "2", "--timeout", "5", "--workers", "2", "--api-key", "k",
-         "--allow-origin", "https://a.example", "--allowed-host", "box.lan", "--margin", "0.1", "--threads", "1"]
+        ["serve", "--max-pending", "3", "--max-streams", "5", "--max-jobs", "2", "--timeout", "5", "--workers", "2",
+         "--api-key", "k", "--allow-origin", "https://a.example", "--allowed-host", "box.lan", "--margin", "0.1",
+         "--threads", "1"]
     )  # fmt: skip
     s = serve_settings(a)
-    assert (s.max_pending, s.max_queued_jobs, s.request_timeout_s, s.workers) == (3, 2, 5.0, 2)
+    assert (s.max_pending, s.max_streams, s.max_queued_jobs, s.request_timeout_s, s.workers) == (3, 5, 2, 5.0, 2)
     assert (s.api_key, s.allow_origins, s.hosts) == ("k", ["https://a.example"], ["box.lan"])
     assert (s.pipeline.margin, s.pipeline.threads) == (0.1, 1)
     assert serve_settings(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--api-key", "k"])).hosts == ["*"]

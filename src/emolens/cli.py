@@ -646,6 +646,7 @@ def serve_settings(a: argparse.Namespace):
         body_timeout_s=a.body_timeout,
         max_queued_jobs=a.max_jobs,
         max_pending=a.max_pending,
+        max_streams=a.max_streams,
         keep_hours=a.keep_hours,
         max_disk_gb=a.max_disk_gb,
         workers=a.workers,
@@ -681,6 +682,13 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
         "--max-pending",
         SERVE["max_pending"],
         "image predictions in flight: uploading, waiting or running (503 beyond)",
+        default=8,
+    )
+    _limited(
+        p,
+        "--max-streams",
+        SERVE["max_streams"],
+        "live WebSocket streams open at once (more are closed with code 1013, try again later)",
         default=8,
     )
     _limited(p, "--keep-hours", SERVE["keep_hours"], "delete finished video jobs after this long", default=24.0)

@@ -247,6 +247,7 @@ SERVE: dict[str, Limit] = {  # upper bounds: far past any real use, short of ove
     "job_timeout_s": Range(float, 0, 1e7),  # 0: every job ends at once (tests)
     "max_queued_jobs": Range(int, 1, 1_000_000),
     "max_pending": Range(int, 1, 1_000_000),
+    "max_streams": Range(int, 1, 1_000_000),
     "max_video_side": Range(int, 1, 1_000_000),
     "keep_hours": Range(float, 0, 1e6, lo_open=True),
     "max_disk_gb": Range(float, 0, 1e6, lo_open=True),

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..data.base import DataError, ImageTooLarge, decode_image
+from ..data.base import DataError, ImageTooLarge, decode_image, header_size, other_header_size
 from ..live.classifier import default_threads
 from ..live.container import frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
@@ -84,6 +85,7 @@ class ServeSettings:
     job_timeout_s: float = 600.0
     max_queued_jobs: int = 4
     max_pending: int = 8  # predictions in flight (uploading, waiting, running) per worker before 503
+    max_streams: int = 8  # open live WebSockets per worker; more are closed at once (1013, try again later)
     max_video_side: int = 4096  # larger video frames are refused from the container header, before FFmpeg
     keep_hours: float = 24.0  # finished jobs are deleted this long after they end
     max_disk_gb: float = 10.0  # the oldest finished jobs are deleted while the jobs take more; then 507
@@ -97,6 +99,19 @@ class ServeSettings:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: Images decoded and analysed at once (per worker process). Uploads and frames waiting for a slot hold only
+#: their compressed bytes; a decoded image may take ``max_image_side**2 * 3`` bytes (192 MB at 8000 px).
+WORK_SLOTS = 2
+#: An image whose header claims more pixels than this takes every slot: it is decoded and analysed alone.
+BIG_PIXELS = 4096 * 4096
+
+
+def _work_weight(data: bytes) -> int:
+    """Slots an upload takes: all of them for a big image (from its header, nothing decoded), else one."""
+    size = header_size(data) or other_header_size(data)
+    return WORK_SLOTS if size and size[0] * size[1] > BIG_PIXELS else 1
+
+
 #: Bytes a multipart body may carry beyond its file (boundaries, part headers).
 MULTIPART_SLACK = 64 * 1024
 #: Paths served without an API key: the page itself, the docs and the liveness probe.
@@ -358,6 +373,49 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings, app.state.jobs = s, jobs
 
     admitted = [0]  # predictions being uploaded, waiting or running
+    streams = [0]  # open live WebSockets
+    # Decoding and inference run off the event loop (which keeps answering /healthz and reading uploads), in a
+    # pool of WORK_SLOTS threads; a slot is held from decoding until the work returns, so at most WORK_SLOTS
+    # decoded images exist however many uploads and WebSocket frames arrive.
+    pool = ThreadPoolExecutor(WORK_SLOTS, thread_name_prefix="emolens-work")
+    slots = asyncio.Semaphore(WORK_SLOTS)
+    whole_pool = asyncio.Lock()  # one big image gathers its slots at a time (two halfway would deadlock)
+
+    def release(n: int) -> None:
+        for _ in range(n):
+            slots.release()
+
+    async def take(n: int) -> None:
+        if n == 1:
+            return await slots.acquire()
+        async with whole_pool:
+            taken = 0
+            try:
+                while taken < n:
+                    await slots.acquire()
+                    taken += 1
+            except BaseException:  # timed out while gathering: give back what was taken
+                release(taken)
+                raise
+
+    async def in_work_slot(fn, data: bytes, timeout: float | None = None):
+        """``fn()`` in the work pool once its slots are free (:func:`_work_weight` of the upload ``data``);
+        ``TimeoutError`` if that takes over ``timeout`` s in all. The slots stay taken until ``fn`` returns,
+        even after a timeout (its memory is still in use)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        n = _work_weight(data)
+        async with asyncio.timeout_at(deadline):
+            await take(n)
+        try:
+            fut = loop.run_in_executor(pool, fn)
+        except BaseException:
+            release(n)
+            raise
+        fut.add_done_callback(lambda _: release(n))
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(fut)
+
     video_bytes = int(s.max_video_mb * 2**20) + MULTIPART_SLACK
 
     @app.middleware("http")
@@ -447,21 +505,21 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         """
         _media_type(file, IMAGE_TYPES, IMAGE_EXT)
         data = await _read_limited(file, s.max_image_mb)
-        img = _decode_image(data, s.max_image_side)
         cancelled = threading.Event()
 
         def work():
+            img = _decode_image(data, s.max_image_side)
             with lock:
                 if cancelled.is_set():  # its client has had a 504 already: don't spend the time
                     return None
-                return fresh_pipeline().process(img)
+                return img.shape, fresh_pipeline().process(img)
 
         try:
-            results = await asyncio.wait_for(asyncio.to_thread(work), s.request_timeout_s)
+            (height, width, _), results = await in_work_slot(work, data, s.request_timeout_s)
         except TimeoutError:
             cancelled.set()
             raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
-        return {"width": img.shape[1], "height": img.shape[0], "faces": _faces_out(results, False)}
+        return {"width": width, "height": height, "faces": _faces_out(results, False)}
 
     @app.post(
         "/v1/video",
@@ -538,6 +596,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             await ws.close(code=1008, reason=problem[1][:120])
             return
         await ws.accept()
+        if streams[0] >= s.max_streams:  # admission: each stream may hold a frame waiting for a work slot
+            await ws.close(code=1013, reason=f"busy: {s.max_streams} live streams already open; try again later")
+            return
+        streams[0] += 1
         pipe = fresh_pipeline("ema")
         send_lock = asyncio.Lock()
         latest: list[bytes] = []  # at most one waiting frame
@@ -584,24 +646,25 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                         break
                     continue
                 data = latest.pop()
-                try:
+
+                def work(data=data, i=frame_no):
                     img = _decode_image(data, s.max_image_side)
+                    with lock:
+                        return img.shape, pipe.process(img, i)
+
+                try:
+                    (height, width, _), results = await in_work_slot(work, data)
                 except HTTPException as e:
                     await send({"error": e.detail})
                     continue
-
-                def work(img=img, i=frame_no):
-                    with lock:
-                        return pipe.process(img, i)
-
-                results = await asyncio.to_thread(work)
-                reply = {"frame": frame_no, "width": img.shape[1], "height": img.shape[0]}
+                reply = {"frame": frame_no, "width": width, "height": height}
                 reply.update(dropped=state["dropped"], faces=_faces_out(results, True))
                 await send(reply)
                 frame_no += 1
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away mid-reply
         finally:
+            streams[0] -= 1
             task.cancel()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
