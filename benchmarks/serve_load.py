@@ -138,6 +138,34 @@ def big_png(side: int = 7999) -> bytes:
     return cv2.imencode(".png", np.zeros((side, side, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
 
 
+def hdr_bomb() -> bytes:
+    """A Radiance HDR header claiming 32000x4000 (128 MP; 1.5 GB as float RGB), 8 MB of run-length data."""
+    return b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 4000 +X 32000\n" + b"\x02\x02" * (4 * 2**20)
+
+
+def lying_avi(side: int = 16000) -> bytes:
+    """An AVI whose headers (``avih``, ``strh``, ``strf``) say 320x240 and whose MJPEG frame says ``side`` x
+    ``side`` in its own JPEG header (SOF0; FFmpeg's encoder stops below 16000, so a 1024 px frame is encoded
+    and its SOF0 rewritten: a decoder allocates the frame from it)."""
+    import struct
+
+    import av
+
+    path = Path(tempfile.mkdtemp(prefix="emolens-bomb-")) / "lie.avi"
+    with av.open(str(path), "w", format="avi") as c:
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = 1024, 1024, "yuvj420p"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((1024, 1024, 3), 90, np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
+    for box, offset, fmt in ((b"avih", 32, "<II"), (b"strh", 52, "<hh"), (b"strf", 4, "<ii")):
+        at = data.index(box) + 8 + offset
+        data[at : at + struct.calcsize(fmt)] = struct.pack(fmt, 320, 240)
+    return bytes(data)
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -167,6 +195,15 @@ def run_bombs(uploads: int, rounds: int, streams: int, detector: str, timeout: f
         face = cv2.imencode(".jpg", sample_face())[1].tobytes()
         httpx.post(url + "/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")}, timeout=timeout)  # warm
         rss_idle = peak_rss_mb(srv.pid)
+        refusals = {}  # the two bombs that used to be decoded: status, seconds, peak memory growth
+        for name, endpoint, upload in (
+            ("hdr_32000x4000_as_png", "/v1/predict", ("b.png", hdr_bomb(), "image/png")),
+            ("avi_mjpeg_16000x16000_header_320x240", "/v1/video", ("v.avi", lying_avi(), "video/x-msvideo")),
+        ):
+            t = time.perf_counter()
+            r = httpx.post(url + endpoint, files={"file": upload}, timeout=timeout)
+            refusals[name] = {"status": r.status_code, "seconds": round(time.perf_counter() - t, 3),
+                              "peak_rss_growth_mb": round(peak_rss_mb(srv.pid) - rss_idle, 1)}  # fmt: skip
 
         def upload(_):
             codes = []
@@ -210,6 +247,7 @@ def run_bombs(uploads: int, rounds: int, streams: int, detector: str, timeout: f
             "healthz_p50_ms": float(np.percentile(health, 50)),
             "healthz_p95_ms": float(np.percentile(health, 95)),
             "healthz_max_ms": float(health.max()),
+            "refusals": refusals,
             "rss_after_warmup_mb": rss_idle,
             "peak_rss_mb": peak_rss_mb(srv.pid),
         }

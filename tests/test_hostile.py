@@ -236,6 +236,47 @@ def test_video_with_huge_frames_is_refused_from_its_header(server, tmp_path):
     assert not any((server.data_dir / "jobs").iterdir())  # refused uploads leave nothing behind
 
 
+def lying_video(kind: str, width: int, height: int, tmp_path: Path) -> bytes:
+    """A real two-frame video of ``width`` x ``height`` whose container header claims 64x48: MJPEG in AVI
+    (``avih``, ``strh``, ``strf`` patched) or H.264 in MP4 (``tkhd`` patched)."""
+    import av
+
+    path = tmp_path / f"lie.{kind}"
+    with av.open(str(path), "w", format=kind) as c:
+        s = c.add_stream("mjpeg" if kind == "avi" else "libx264", rate=10)
+        s.width, s.height, s.pix_fmt = width, height, "yuvj420p" if kind == "avi" else "yuv420p"
+        for _ in range(2):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), 90, np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    data = bytearray(path.read_bytes())
+    if kind == "avi":
+        at = data.index(b"avih") + 8
+        data[at + 32 : at + 40] = struct.pack("<II", 64, 48)
+        at = data.index(b"strh") + 8
+        data[at + 48 : at + 56] = struct.pack("<hhhh", 0, 0, 64, 48)
+        at = data.index(b"strf") + 8
+        data[at + 4 : at + 12] = struct.pack("<ii", 64, 48)
+    else:
+        at = data.index(b"tkhd") + 4
+        data[at + 76 : at + 84] = struct.pack(">II", 64 << 16, 48 << 16)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["avi", "mp4"])
+def test_video_whose_header_lies_about_its_frame_size_is_refused_from_the_codec(server, tmp_path, kind):
+    from emolens.live.container import coded_frame_size, frame_size
+
+    payload = lying_video(kind, 4112, 4112, tmp_path)
+    (tmp_path / "v").write_bytes(payload)
+    assert frame_size(tmp_path / "v") == (64, 48) and coded_frame_size(tmp_path / "v") == (4112, 4112)
+    ctype = "video/x-msvideo" if kind == "avi" else "video/mp4"
+    r = httpx.post(f"{server.url}/v1/video", files={"file": (f"v.{kind}", payload, ctype)}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "4112x4112 (the header says 64x48)" in r.json()["detail"] and "4096 px" in r.json()["detail"]
+    assert not any((server.data_dir / "jobs").iterdir())
+    assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
 def _wait(url: str, job: str, until, timeout: float = 120) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -656,3 +656,35 @@ def test_annotated_copies_never_overwrite_each_other_and_a_failed_copy_keeps_the
     monkeypatch.setattr(Path, "write_bytes", lambda self, data: (_ for _ in ()).throw(PermissionError(13, "denied")))
     rec = next(predict_images(pipe, files[:1], progress=False, annotate=tmp_path / "ann2"))
     assert rec["status"] == "faces" and rec["faces"][0]["label"] == "happiness" and "denied" in rec["annotate_error"]
+
+
+def test_thin_videos_play_and_frames_over_the_limit_are_refused_before_decoding(tmp_path):
+    """A valid 4000x2 video runs through `live` (no faces, no traceback); an AVI whose container says 64x48 and
+    whose MJPEG frame's own header says 16000x16000 (256 MP) is refused by its real size, never decoded."""
+    import struct
+
+    import av
+
+    from emolens.cli import main
+    from emolens.live.sources import FrameSource, SourceError
+
+    def video(path, w, h, codec):
+        with av.open(str(path), "w") as c:
+            s = c.add_stream(codec, rate=10)
+            s.width, s.height, s.pix_fmt = w, h, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+            for _ in range(5):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 90, np.uint8), format="rgb24")))
+            c.mux(s.encode())
+        return path
+
+    thin = video(tmp_path / "thin.mp4", 4000, 2, "libx264")
+    assert main(["live", "--source", str(thin), "--csv", str(tmp_path / "t.csv"), "--bars", "-q"]) == 0
+    assert (tmp_path / "t.csv").read_text().count("\n") == 1  # the header: no faces in a 2 px strip
+
+    lie = video(tmp_path / "lie.avi", 64, 48, "mjpeg")
+    data = bytearray(lie.read_bytes())
+    for at in [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xc0"]:
+        data[at + 5 : at + 9] = struct.pack(">HH", 16000, 16000)
+    lie.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="16000x16000 px, over the 120 MP limit"):
+        FrameSource(str(lie))

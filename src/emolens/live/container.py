@@ -3,6 +3,10 @@
 A video claiming 16000x16000 frames makes FFmpeg allocate gigabytes as soon as it probes the stream, so an
 upload is checked here first: MP4/MOV (``tkhd`` boxes), Matroska/WebM (``PixelWidth``/``PixelHeight``)
 and AVI (``avih``), reading only box/element headers and seeking past everything else.
+
+The header can lie (an AVI saying 320x240 whose MJPEG frames are 16000x16000): :func:`coded_frame_size` then
+reads the size the decoder will use from the codec's own headers (FFmpeg's probe; an MJPEG packet's SOF),
+decoding nothing beyond what FFmpeg's probe decodes (at most the first frame).
 """
 
 from __future__ import annotations
@@ -36,6 +40,46 @@ def frame_size(path: str | Path) -> tuple[int, int] | None:
         sizes = {"mp4": _mp4_sizes, "matroska": _mkv_sizes, "avi": _avi_sizes}[kind](f) if kind else []
     sizes = [(w, h) for w, h in sizes if w > 0 and h > 0]
     return max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
+
+
+def coded_frame_size(path: str | Path) -> tuple[int, int] | None:
+    """``(width, height)`` of the first video stream as its decoder will see it: the larger of what FFmpeg's
+    probe (``av.open``, which reads the codec's own headers, e.g. H.264's SPS) reports and, for codecs whose
+    packets are images (MJPEG), the size in the first packet's own header. Nothing beyond the probe is decoded.
+    ``None`` when there is no video stream or no size; ``ValueError`` when FFmpeg cannot open the file."""
+    import av
+
+    sizes = []
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return None
+            stream = c.streams.video[0]
+            if stream.codec_context.width and stream.codec_context.height:
+                sizes.append((stream.codec_context.width, stream.codec_context.height))
+            for packet in c.demux(stream):
+                if packet.size:
+                    sizes += [s for s in [_image_header_size(bytes(packet))] if s]
+                    break
+    except av.error.FFmpegError as e:
+        raise ValueError(f"not a readable video ({e})") from None
+    return max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
+
+
+def _image_header_size(data: bytes) -> tuple[int, int] | None:
+    """The size an image's own header states (a JPEG's SOF for MJPEG packets), read by Pillow without decoding."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 # -- MP4 / QuickTime: boxes of (32-bit size, type), size 1 -> 64-bit size follows, 0 -> to the end -------------

@@ -10,6 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+#: Largest video frame decoded (pixels), as :data:`emolens.data.base.MAX_PIXELS` for images.
+MAX_FRAME_PIXELS = 120_000_000
+
 
 class SourceError(RuntimeError):
     """A video source that cannot be opened or fails mid-stream; the message names the source."""
@@ -46,6 +49,8 @@ class FrameSource:
             return
         if not self.spec.isdigit() and not _is_stream(self.spec) and not Path(self.spec).is_file():
             raise SourceError(f"{self.spec}: video file not found")
+        if not self.live:
+            self._check_frame_size()
         self.cap = cv2.VideoCapture(int(self.spec) if self.spec.isdigit() else self.spec)
         if not self.cap.isOpened():
             what = "camera" if self.spec.isdigit() else "video"
@@ -63,6 +68,21 @@ class FrameSource:
             n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
             self.expected_frames = n if n > 0 else None
             self.total_known = self.expected_frames is not None and not fragmented_mp4(self.spec)
+
+    def _check_frame_size(self) -> None:
+        """Refuse a file whose frames would be over :data:`MAX_FRAME_PIXELS` before OpenCV decodes one: the size
+        the codec's own headers state (a container header can lie), see :func:`~.container.coded_frame_size`."""
+        from .container import coded_frame_size
+
+        try:
+            size = coded_frame_size(self.spec)
+        except ValueError:
+            return  # not for FFmpeg's parser: OpenCV says below whether it can read it
+        if size and size[0] * size[1] > MAX_FRAME_PIXELS:
+            raise SourceError(
+                f"{self.spec}: video frames are {size[0]}x{size[1]} px, over the "
+                f"{MAX_FRAME_PIXELS / 1e6:.0f} MP limit (not decoded)"
+            )
 
     def _grab_screen(self) -> np.ndarray:
         img = np.asarray(self._screen.grab(self._screen.monitors[1]))  # BGRA

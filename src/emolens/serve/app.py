@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..data.base import DataError, ImageTooLarge, decode_image, header_size, other_header_size
 from ..live.classifier import default_threads
-from ..live.container import frame_size, sniff
+from ..live.container import coded_frame_size, frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
 from ..options import PIPELINE, SERVE, check_fields
@@ -206,7 +206,9 @@ def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
 
 def _check_video(path: Path, max_side: int) -> None:
     """Refuse bytes that are no video container (400), and frames over ``max_side`` (413) or of a size the
-    header does not declare (400), from the container header alone: FFmpeg never sees a refused file."""
+    header does not declare (400), from the container header alone: FFmpeg never sees a refused file. Then
+    the size the codec will really decode (a header can lie) from FFmpeg's parser, and the first frame through
+    OpenCV, which the job reads with (400 if it cannot)."""
     with open(path, "rb") as f:
         head = f.read(16)
     if sniff(head) is None:
@@ -216,6 +218,22 @@ def _check_video(path: Path, max_side: int) -> None:
         raise HTTPException(400, "the video's header declares no frame size (damaged or unusual file)")
     if max(size) > max_side:
         raise HTTPException(413, f"video frames are {size[0]}x{size[1]}; the limit is {max_side} px per side")
+    try:
+        coded = coded_frame_size(path)
+    except ValueError:
+        coded = None
+    if coded is None:
+        raise HTTPException(400, "the uploaded file is not a readable video")
+    if max(coded) > max_side:
+        raise HTTPException(
+            413, f"video frames are {coded[0]}x{coded[1]} (the header says {size[0]}x{size[1]}); "
+            f"the limit is {max_side} px per side"
+        )  # fmt: skip
+    cap = cv2.VideoCapture(str(path))
+    ok = cap.isOpened() and cap.read()[0]
+    cap.release()
+    if not ok:
+        raise HTTPException(400, "the uploaded file is not a readable video")
 
 
 def _decode_image(data: bytes, max_side: int) -> np.ndarray:
@@ -538,12 +556,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         try:
             with open(target, "wb") as f:
                 await _read_limited(file, s.max_video_mb, dest=f)
-            _check_video(target, s.max_video_side)
-            cap = cv2.VideoCapture(str(target))
-            ok = cap.isOpened() and cap.read()[0]
-            cap.release()
-            if not ok:
-                raise HTTPException(400, "the uploaded file is not a readable video")
+            await asyncio.to_thread(_check_video, target, s.max_video_side)  # off the event loop
             jobs.submit(job)
         except QueueFull as e:
             shutil.rmtree(folder, ignore_errors=True)
