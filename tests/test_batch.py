@@ -343,6 +343,39 @@ def test_file_names_that_are_not_utf8_keep_a_row_each(tmp_path):
     assert r["faces"] == 2
 
 
+def test_dangling_links_and_fifos_end_as_failed_rows_without_being_opened(tmp_path):
+    """Every file batch and predict are given ends in a row: a dangling link and a FIFO named like images (a
+    FIFO is never opened: reading one blocks for ever) are failed rows; a folder named like one is searched."""
+    import json
+
+    from emolens.cli import main
+
+    d = tmp_path / "d"
+    (d / "album.jpg").mkdir(parents=True)  # a folder named like an image, holding one
+    cv2.imwrite(str(d / "album.jpg" / "face.jpg"), sample_face())
+    cv2.imwrite(str(d / "a.jpg"), sample_face())
+    (d / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (d / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    os.mkfifo(d / "pipe.jpg")
+    os.mkfifo(d / "pipe.mp4")
+    out = tmp_path / "out"
+    r = run_batch([d], BatchOptions(out=out, settings=_settings(), ray="none", progress=False, images_per_task=1))
+    files, failures = _table(out / "files.parquet"), _table(out / "failures.parquet")
+    status = {Path(f).name: st for f, st in zip(files["file"], files["status"], strict=True)}
+    errors = {Path(f).name: e for f, e in zip(failures["file"], failures["error"], strict=True)}
+    assert status == {"a.jpg": "ok", "face.jpg": "ok"} and (r["faces"], r["failed_now"], r["files"]) == (2, 4, 6)
+    assert sorted(errors) == ["gone.jpg", "gone.mp4", "pipe.jpg", "pipe.mp4"]
+    assert all("dangling symbolic link" in errors[n] for n in ("gone.jpg", "gone.mp4"))
+    assert all("not a regular file (FIFO)" in errors[n] for n in ("pipe.jpg", "pipe.mp4"))
+    # predict: the same files, the same rows; named directly too
+    j = tmp_path / "p.json"
+    assert main(["predict", str(d), str(d / "gone.jpg"), "--detector", "haar", "-q", "--json", str(j)]) == 1
+    images = [(Path(i["file"]).name, i["status"], i.get("error", "")) for i in json.loads(j.read_text())["images"]]
+    assert [i[0] for i in images] == ["a.jpg", "face.jpg", "gone.jpg", "pipe.jpg", "gone.jpg"]
+    assert [i[1] for i in images] == ["faces", "faces", "error", "error", "error"]
+    assert "dangling symbolic link" in images[2][2] and "FIFO" in images[3][2]
+
+
 def test_patterns_and_folders_do_not_follow_link_loops_and_a_file_is_analysed_once(tmp_path):
     d = tmp_path / "L"
     d.mkdir()

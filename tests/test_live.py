@@ -370,6 +370,30 @@ def test_crash_mid_video_keeps_rows(classifier, sample_clip, tmp_path):
     assert frames == set(range(10))
 
 
+def test_ctrl_c_keeps_the_rows_and_writes_the_summary_then_exits_130(classifier, sample_clip, tmp_path, monkeypatch):
+    import json
+
+    from emolens.cli import main
+    from emolens.live.settings import PipelineSettings
+
+    class CtrlC(HaarDetector):
+        n = 0
+
+        def detect(self, frame):
+            CtrlC.n += 1
+            if CtrlC.n == 8:
+                raise KeyboardInterrupt
+            return super().detect(frame)
+
+    monkeypatch.setattr(PipelineSettings, "make_detector", lambda self: CtrlC())
+    args = ["live", "--source", str(sample_clip), "--csv", str(tmp_path / "r.csv"), "--summary", str(tmp_path / "s")]
+    assert main([*args, "-q"]) == 130
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["frames_read"] == 7 and summary["stop_reason"] == "interrupted (Ctrl-C)" and summary["stopped"]
+    assert (tmp_path / "s" / "timeline.png").is_file()
+    assert {int(r["frame"]) for r in csv.DictReader(open(tmp_path / "r.csv"))} == set(range(7))
+
+
 def test_frames_without_faces_give_no_rows(classifier, tmp_path):
     clip = tmp_path / "empty.mp4"
     w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))

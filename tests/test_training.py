@@ -808,3 +808,16 @@ def test_fine_tuning_on_an_affectnet_yolo_tree(tiny_root, tmp_path):
     assert ck["classes"] == list(CLASSES)
     counts = ck["train_counts"]  # every AffectNet class reached training, contempt included
     assert all(c > 0 for c in counts) and counts[CLASSES.index("contempt")] >= 4
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_evaluate_leaves_an_unreadable_image_out_instead_of_counting_its_neighbour_twice(tmp_path, workers):
+    from emolens.evaluation.evaluate import evaluate
+
+    root = make_folder_dataset(tmp_path, classes=("neutral", "happy", "sad", "angry"), per_class=3, size=32,
+                               split_dirs=True)  # fmt: skip
+    bad = root / "test" / "angry" / "0.png"
+    bad.write_bytes(b"not an image")
+    m = evaluate(REPO / "src/emolens/weights/fernet_v3.pt", "folder", root, "test", progress=False, workers=workers)
+    assert m["n"] == 11 and m["skipped_images"] == 1  # (replaced by the next face, 12 were scored)
+    assert sum(map(sum, m["confusion"])) == 11 and sum(m["confusion"][m["classes"].index("anger")]) == 2

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.base import IMAGE_EXT, DataError
+from ..data.base import IMAGE_EXT, DataError, file_problem
 
 #: File extensions read as videos (decoded by OpenCV/FFmpeg).
 VIDEO_EXT = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
@@ -27,6 +27,8 @@ class MediaFile:
     kind: str
     size: int
     mtime_ns: int
+    #: why the file cannot be read (a dangling link, a FIFO...): it is never opened and ends as a failed row
+    problem: str | None = None
 
 
 def media_kind(path: str | Path) -> str | None:
@@ -63,10 +65,13 @@ def _glob(pattern: str) -> list[Path]:
 def _expand(item: str, listed: bool) -> list[Path]:
     p = Path(item)
     if p.is_dir():
-        found = sorted(f for f in p.rglob("*") if f.is_file() and media_kind(f))
+        # not only regular files: a dangling link or a FIFO named like media ends as a failed row, not silence
+        found = sorted(f for f in p.rglob("*") if media_kind(f) and not f.is_dir())
         if not found:
             raise DataError(f"{p}: folder contains no images or videos")
         return found
+    if (p.is_symlink() or p.exists()) and not p.is_file():  # a dangling link, a FIFO...: a failed row, unopened
+        return [p]
     if p.is_file():
         if media_kind(p):
             return [p]
@@ -81,7 +86,7 @@ def _expand(item: str, listed: bool) -> list[Path]:
         return [p]
     if glob.has_magic(item):
         matches = _glob(item)
-        found = [m for m in matches if m.is_file() and media_kind(m)]
+        found = [m for m in matches if media_kind(m) and not m.is_dir()]
         for d in (m for m in matches if m.is_dir()):
             found += _expand(str(d), listed)
         if not found:
@@ -107,8 +112,9 @@ def discover(inputs: list[str | Path]) -> list[MediaFile]:
             if real in seen:
                 continue
             seen.add(real)
-            st = os.stat(path)
-            out.append(MediaFile(path, media_kind(path) or "video", st.st_size, st.st_mtime_ns))
+            problem = file_problem(path)
+            st = os.lstat(path) if problem else os.stat(path)
+            out.append(MediaFile(path, media_kind(path) or "video", st.st_size, st.st_mtime_ns, problem))
     if not out:
         raise DataError("no input files")
     return out

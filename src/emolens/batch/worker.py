@@ -101,6 +101,8 @@ class FileAnalyzer:
         rows = Rows(self.classes)
         record: dict = {"file": file.path, "kind": file.kind, "size": file.size, "mtime_ns": file.mtime_ns}
         try:
+            if file.problem:  # never opened (a FIFO would block)
+                raise OSError(f"{file.path}: {file.problem}")
             if file.kind == "image":
                 record.update(self._image(file, rows))
             else:
@@ -161,7 +163,7 @@ class FileAnalyzer:
 
 def probe_frames(file: MediaFile) -> int:
     """Frames a file is expected to give (1 for an image; a video's frame count from its header, else 1)."""
-    if file.kind == "image":
+    if file.kind == "image" or file.problem:
         return 1
     import cv2
 

@@ -117,6 +117,25 @@ def decode_image(
     return img
 
 
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is no regular file one can read (``None`` when it is one): missing, a dangling symbolic
+    link, a folder, or a special file (FIFO, socket, device), which must never be opened (a FIFO blocks)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symbolic link (its target does not exist)" if os.path.islink(path) else "file not found"
+    except OSError as e:
+        return f"cannot read the file: {e.strerror or e}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+    return f"not a regular file ({kind})"
+
+
 def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     """Decode an image file to uint8 HxW (``channels=1``) or RGB HxWx3 (``channels=3``).
 
@@ -124,8 +143,9 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     when it is missing, empty or cannot be decoded.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: image file not found")
+    problem = file_problem(p)
+    if problem:
+        raise DataError(f"{p}: {'image file not found' if problem == 'file not found' else problem}")
     try:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as e:  # permission denied, I/O error, a file removed meanwhile: this file, not the run
@@ -181,6 +201,10 @@ def crop_resized(img: np.ndarray, box: tuple[int, int, int, int] | None, size: i
     return img
 
 
+#: The label :class:`FaceDataset` (``on_error="mark"``) gives an unreadable image: PyTorch's ``ignore_index``.
+UNREADABLE = -100
+
+
 class FaceDataset(Dataset):
     """A list of :class:`Sample` s decoded to fixed-size uint8 faces, then ``transform`` ed.
 
@@ -188,7 +212,9 @@ class FaceDataset(Dataset):
     label and the soft target (vote distribution, or one-hot when the dataset has no votes).
 
     ``on_error="raise"`` stops at the first unreadable image with a :class:`DataError`;
-    ``"skip"`` logs it, counts it in :attr:`bad_files` and serves the next readable sample.
+    ``"skip"`` logs it, counts it in :attr:`bad_files` and serves the next readable sample (training);
+    ``"mark"`` logs it and serves a blank image labelled :data:`UNREADABLE`, for scoring to leave out (a
+    replacement would be counted twice).
     """
 
     def __init__(
@@ -203,8 +229,8 @@ class FaceDataset(Dataset):
     ) -> None:
         if len(samples) == 0:
             raise DataError(f"{name}: no images found")
-        if on_error not in ("raise", "skip"):
-            raise ValueError("on_error must be 'raise' or 'skip'")
+        if on_error not in ("raise", "skip", "mark"):
+            raise ValueError("on_error must be 'raise', 'skip' or 'mark'")
         n = len(classes)
         for s in samples:
             if not 0 <= s.label < n:
@@ -268,9 +294,20 @@ class FaceDataset(Dataset):
         raise DataError(f"{self.name}: none of the {len(self.samples)} images could be read")
 
     def __getitem__(self, i: int):
-        j, img = self._load_checked(i)
+        if self.on_error == "mark":
+            try:
+                j, img = i, self.load_face(i)
+            except DataError as e:
+                log.warning("unreadable image, left out of the scores: %s", e)
+                self.bad_files.setdefault(self.samples[i].name, str(e))
+                shape = (self.image_size, self.image_size) + ((3,) if self.channels == 3 else ())
+                t = self._tensor(np.zeros(shape, np.uint8))
+                return t, UNREADABLE, torch.zeros(len(self.classes))
+        else:
+            j, img = self._load_checked(i)
+        return self._tensor(img), self.samples[j].label, torch.from_numpy(self.soft_target(j))
+
+    def _tensor(self, img: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(img))
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        if self.transform is not None:
-            t = self.transform(t)
-        return t, self.samples[j].label, torch.from_numpy(self.soft_target(j))
+        return self.transform(t) if self.transform is not None else t

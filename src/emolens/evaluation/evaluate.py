@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import build_from_checkpoint, load_checkpoint
 from ..data import open_dataset
+from ..data.base import UNREADABLE
 from ..transforms import eval_transform
 from .inference import predict_loader
 from .metrics import classification_metrics
@@ -48,9 +49,12 @@ def evaluate(
         transform=eval_transform(pre),
         protocol=protocol,
         cache=cache,
+        on_error="mark",  # an unreadable image is left out, not replaced by the next one (counted twice)
     )
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     probs, labels, _ = predict_loader(model, loader, dev, tta=tta, progress=progress, desc=f"evaluate {ds.name}")
+    readable = labels != UNREADABLE  # (the workers' bad_files do not reach this process: counted here)
+    probs, labels, skipped = probs[readable], labels[readable], int((~readable).sum())
     try:
         probs = in_dataset_classes(probs, labels, ckpt["classes"], ds.classes)
     except ValueError as e:
@@ -62,7 +66,7 @@ def evaluate(
         dataset=dataset,
         split=split,
         tta=tta,
-        skipped_images=len(ds.bad_files),
+        skipped_images=skipped,
     )
     if out:
         history = None

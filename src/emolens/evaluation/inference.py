@@ -60,8 +60,8 @@ def predict_loader(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x).float() if views == "single" else multi_view_log_probs(model, x, views)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))  # (ignores label -100)
+        n += int((y >= 0).sum())
         probs.append(logits.softmax(1).cpu().numpy())
         labels.append(y.cpu().numpy())
     return np.concatenate(probs), np.concatenate(labels), loss_sum / max(n, 1)

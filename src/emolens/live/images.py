@@ -27,11 +27,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXT)
+            # a dangling link or a FIFO named like an image gets an error row; a folder is searched, not read
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXT and not f.is_dir())
             if not found:
                 raise DataError(f"{p}: folder contains no images ({', '.join(IMAGE_EXT)})")
             out += found
-        elif p.exists():
+        elif p.exists() or p.is_symlink():  # a dangling link named directly gets its own error row
             out.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")

@@ -251,7 +251,7 @@ class Pipeline:
         window = "emolens" if show and _has_display() else None
         if show and window is None:
             log.warning("no display available: --show ignored, writing files only")
-        t_start, n, stopped = time.perf_counter(), 0, None
+        t_start, n, stopped, interrupted = time.perf_counter(), 0, None, False
         total = src.expected_frames if not src.live else None
         if max_frames and total:
             total = min(total, max_frames)
@@ -291,6 +291,8 @@ class Pipeline:
                 if stop is not None and (reason := stop()):
                     stopped = reason
                     break
+        except KeyboardInterrupt:  # Ctrl-C: the files are closed and the summary written, then it goes on up
+            stopped, interrupted = "interrupted (Ctrl-C)", True
         finally:
             if writer:
                 writer.close()
@@ -322,6 +324,8 @@ class Pipeline:
             d.mkdir(parents=True, exist_ok=True)
             (d / "summary.json").write_text(json.dumps(result, indent=2))
             summary.plot(d / "timeline.png")
+        if interrupted:
+            raise KeyboardInterrupt
         return result
 
 
