@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, make_affectnet_yolo, make_folder_dataset, make_rafdb
@@ -727,6 +728,31 @@ def test_a_mix_validates_each_dataset_and_selects_by_their_mean(tiny_root, tmp_p
     ck = load_checkpoint(out / "best.pt")
     assert ck["epoch"] == best["epoch"]
     assert ck["val_metrics"]["set_balanced_accuracy"] == pytest.approx(best["val_set_balanced_accuracy"])
+
+
+def test_logit_adjustment_by_each_faces_own_dataset_prior(tiny_root, tmp_path):
+    """--la-prior dataset: a face is adjusted by its own dataset's class prior, not the mix's; the rows of the
+    prior table are the datasets' log priors, and the batch loss is the logit-adjusted loss with each face's row."""
+    from emolens.training.losses import log_prior, logit_adjusted_cross_entropy
+    from emolens.training.trainer import Trainer
+
+    small = make_folder_dataset(tmp_path / "b", classes=("neutral", "happy"), per_class=12, size=32, split_dirs=True)
+    cfg = _cfg(tiny_root, tmp_path / "run", epochs=1, loss="logit_adjusted", la_prior="dataset",
+               extra_data=[f"folder={small}"])  # fmt: skip
+    t = Trainer(cfg)
+    parts = t.train_ds.part_ids.numpy()
+    assert set(parts.tolist()) == {0, 1}
+    for k in (0, 1):
+        counts = np.bincount(t.train_labels[parts == k], minlength=8)
+        assert torch.allclose(t.part_log_prior[k], log_prior(counts).to(t.part_log_prior))
+    assert not torch.allclose(t.part_log_prior[0], t.part_log_prior[1])  # 4 classes vs 2
+    x, y, soft, part = next(iter(t.train_loader))
+    logits = torch.randn(len(y), 8)
+    want = logit_adjusted_cross_entropy(logits, y, t.part_log_prior[part], 1.0)
+    assert torch.allclose(t._loss(logits, y, None, None, t.part_log_prior[part]), want)
+    assert not torch.allclose(want, logit_adjusted_cross_entropy(logits, y, t.log_prior, 1.0))
+    rows = t.fit()
+    assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
 
 
 def test_ensemble_of_different_models_feeds_each_its_own_input(tmp_path):

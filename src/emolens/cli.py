@@ -135,6 +135,7 @@ RESUME_FROZEN = (
     "balanced_sampler",
     "loss",
     "la_tau",
+    "la_prior",
     "label_smoothing",
     "soft_labels",
     "mixup",

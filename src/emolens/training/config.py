@@ -40,6 +40,7 @@ class TrainConfig:
     class_weights: bool = True  # the paper's class-weighted cross-entropy
     loss: str = "ce"  # ce | logit_adjusted (Menon et al. 2021: CE on logits + tau * log prior)
     la_tau: float = 1.0  # logit-adjustment strength
+    la_prior: str = "mix"  # mix: the training mix's class prior | dataset: each face's own dataset's prior
     balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
     label_smoothing: float = 0.0
     soft_labels: bool = False  # train on FER+ vote distributions
@@ -117,6 +118,7 @@ LIMITS: dict[str, Limit] = {
     "freeze_stages": Range(int, 0),  # at most the model's number of stages (checked when the model is built)
     "loss": OneOf("ce", "logit_adjusted"),
     "la_tau": Range(float, 0),
+    "la_prior": OneOf("mix", "dataset"),
     "label_smoothing": Range(float, 0, 1, hi_open=True),
     "mixup": Range(float, 0),  # Beta(a, a) parameter; 0: off
     "cutmix": Range(float, 0),

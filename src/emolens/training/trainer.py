@@ -93,11 +93,28 @@ class _WithTargets(Dataset):
         return (*self.ds[i], self.targets_[i])
 
 
+class _WithPart(Dataset):
+    """``ds`` whose items carry one more element: the index of the dataset of the mix that item comes from."""
+
+    def __init__(self, ds, parts: np.ndarray) -> None:
+        self.ds, self.part_ids = ds, torch.as_tensor(parts, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.ds.targets
+
+    def __getitem__(self, i: int):
+        return (*self.ds[i], self.part_ids[i])
+
+
 def dataset_parts(ds) -> np.ndarray:
     """The name of the dataset each item of ``ds`` comes from (a mix's parts; a :class:`Subset` of one too)."""
     if isinstance(ds, Subset):
         return dataset_parts(ds.dataset)[np.asarray(ds.indices)]
-    if isinstance(ds, _WithTargets):
+    if isinstance(ds, _WithTargets | _WithPart):
         return dataset_parts(ds.ds)
     out = np.empty(len(ds), dtype=object)
     for name, a, b in getattr(ds, "parts", [(getattr(ds, "name", "data"), 0, len(ds))]):
@@ -233,6 +250,16 @@ class Trainer:
         self.counts = counts = np.bincount(self.train_labels, minlength=len(self.classes))
         self.weight = class_weights(counts).to(self.device) if cfg.class_weights and cfg.loss == "ce" else None
         self.log_prior = log_prior(counts).to(self.device)
+        # --la-prior dataset: each face is adjusted by its own dataset's class prior (FER+ has few contempt faces,
+        # AffectNet many: the mix's prior would leave FER+'s contempt under-predicted), so items carry their part
+        self.part_log_prior: torch.Tensor | None = None
+        if cfg.loss == "logit_adjusted" and cfg.la_prior == "dataset":
+            names = dataset_parts(self.train_ds)
+            order = list(dict.fromkeys(names.tolist()))
+            ids = np.array([order.index(n) for n in names])
+            per_part = [np.bincount(self.train_labels[ids == k], minlength=len(self.classes)) for k in range(len(order))]
+            self.part_log_prior = torch.stack([log_prior(c) for c in per_part]).to(self.device)
+            self.train_ds = _WithPart(self.train_ds, ids)
         self.sampler = EpochSampler(
             self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
@@ -400,6 +427,8 @@ class Trainer:
         )
         n_cls = len(self.classes)
         for x, y, soft, *held in bar:
+            # per-face prior (--la-prior dataset): the last element is each face's dataset
+            prior = self.part_log_prior[held.pop().to(self.device)] if self.part_log_prior is not None else None
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -423,7 +452,7 @@ class Trainer:
                             teacher_logits = self.teacher(x).float()
                         else:
                             teacher_logits = multi_view_log_probs(self.teacher, x, cfg.teacher_views)
-            loss = self._loss(logits, y, target, teacher_logits)
+            loss = self._loss(logits, y, target, teacher_logits, prior)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.sam is not None:  # the same batch again at the worst weights nearby; its gradient steps
@@ -432,7 +461,7 @@ class Trainer:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                         sharp_logits = self.ddp_model(x)
                     self.opt.zero_grad(set_to_none=True)
-                    self._loss(sharp_logits, y, target, teacher_logits).backward()
+                    self._loss(sharp_logits, y, target, teacher_logits, prior).backward()
                 self.sam.descend()
             self.opt.step()
             self.sched.step()
@@ -450,12 +479,14 @@ class Trainer:
         y: torch.Tensor,
         target: torch.Tensor | None,
         teacher_logits: torch.Tensor | None,
+        prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The training loss of one batch: the labels' (hard or soft), plus distillation with a teacher."""
+        """The training loss of one batch: the labels' (hard or soft), plus distillation with a teacher.
+        ``prior``: per-face log priors (B x C) for the logit-adjusted loss, instead of the mix's."""
         cfg = self.cfg
         if cfg.loss == "logit_adjusted":
             loss = logit_adjusted_cross_entropy(
-                logits.float(), y, self.log_prior, cfg.la_tau, target, cfg.label_smoothing
+                logits.float(), y, self.log_prior if prior is None else prior, cfg.la_tau, target, cfg.label_smoothing
             )
         else:
             loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
