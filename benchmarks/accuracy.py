@@ -264,9 +264,9 @@ def _script_peer_probs(script: str, ds, classes, landmarks: np.ndarray | None = 
 def cross(models: dict[str, str], peer_python: str | None, script_peers: bool = True) -> list[dict]:
     """Every model on every cross-dataset column, single pass and flip TTA, on the same crops."""
 
+    from emolens.checkpoint import build_from_checkpoint, load_checkpoint
     from emolens.data import open_dataset
     from emolens.evaluation.inference import predict_loader
-    from emolens.training.checkpoint import build_from_checkpoint, load_checkpoint
     from emolens.transforms import eval_transform
 
     rows = []

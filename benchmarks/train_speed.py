@@ -9,7 +9,7 @@ pipeline on real FER+ files with and without the decoded-face cache.
 mode, as ``emolens train --freeze-bn``. ``--image-size`` overrides the models' own.
 
 ``--precision auto`` (the default) measures what ``emolens train`` runs: bf16 autocast where it is native (a
-CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.training.trainer.native_bf16`), else float32.
+CUDA GPU; a CPU with AMX / AVX512-BF16, :func:`emolens.runtime.native_bf16`), else float32.
 ``both`` gives a float32 and a bf16 row per model. Set ``OMP_NUM_THREADS`` (or ``--threads``) and say which.
 """
 
@@ -23,13 +23,38 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, print_table, save  # noqa: E402
 
 from emolens import models  # noqa: E402
-from emolens.training.trainer import batchnorm_eval, freeze_stages, native_bf16  # noqa: E402
+from emolens.runtime import native_bf16  # noqa: E402
+from emolens.training.finetune import batchnorm_eval  # noqa: E402
+
+
+def freeze_stages(model: nn.Module, n: int) -> list[nn.Module]:
+    """Keep the first ``n`` of ``model.stages()`` as loaded and return them (``emolens train --freeze-stages``,
+    removed: it did not help; kept here for the ``--freeze-stages`` measurements).
+
+    Their parameters get no gradient, so backward stops at the first trained stage (the CPU lever: the early,
+    high-resolution stages cost most of a backward pass); the trainer also keeps them in eval mode, so their
+    BatchNorm statistics stay as loaded too.
+    """
+    if n == 0:
+        return []
+    if not hasattr(model, "stages"):
+        raise ValueError(
+            f"freeze_stages: {type(model).__name__} does not list its stages "
+            "(the face-pretrained backbones faceres_mobilenet and mobilefacenet do)"
+        )
+    stages = list(model.stages())
+    if n > len(stages):
+        raise ValueError(f"freeze_stages: {type(model).__name__} has {len(stages)} stages (got {n})")
+    for m in stages[:n]:
+        m.requires_grad_(False)
+    return stages[:n]
 
 
 def model_speed(

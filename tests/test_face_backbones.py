@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -256,7 +255,7 @@ def test_fine_tuning_smoke_frozen_batchnorm_head_warmup_and_backbone_lr(tmp_path
 def test_mobilefacenet_head_batchnorm_learns_its_statistics_under_freeze_bn(tmp_path):
     """MobileFaceNet's features share a large constant part, so its head standardises each feature with its own
     BatchNorm1d. --freeze-bn keeps every pretrained BatchNorm as loaded but lets the head's learn."""
-    from emolens.training.trainer import batchnorm_eval
+    from emolens.training.finetune import batchnorm_eval
 
     net = models.create("mobilefacenet", num_classes=7).train()
     batchnorm_eval(net)
@@ -296,141 +295,3 @@ class _TinyBN(torch.nn.Module):
 
     def forward(self, x):
         return self.fc(self.norm(torch.relu(self.bn(self.conv(x))).mean((2, 3))))
-
-
-def test_recalibrate_batchnorm_keeps_the_function_and_takes_the_datas_statistics():
-    """--recalibrate-bn: the running statistics become the data's (per channel mean and biased variance of the
-    layer's input), the eval-mode output stays what it was, and in training mode a batch that *is* the data
-    gives the same output too. The head's own BatchNorm is left alone."""
-    from emolens.training.trainer import recalibrate_batchnorm
-
-    net = _TinyBN().eval()
-    g = torch.Generator().manual_seed(1)
-    data = 3.0 + 2.0 * torch.randn(24, 3, 8, 8, generator=g)  # far from the identity statistics the layer holds
-    with torch.no_grad():
-        before = net.bn(net.conv(data))
-        pre = net.conv(data)
-    head_before = {k: v.clone() for k, v in net.norm.state_dict().items()}
-    assert recalibrate_batchnorm(net, data.split(8)) == 24
-    assert not net.training
-    mu, var = pre.mean((0, 2, 3)), pre.var((0, 2, 3), unbiased=False)
-    assert torch.allclose(net.bn.running_mean, mu, atol=1e-5)
-    assert torch.allclose(net.bn.running_var, var, rtol=1e-4)
-    assert not torch.allclose(net.bn.running_var, torch.ones(4))
-    with torch.no_grad():
-        torch.testing.assert_close(net.bn(pre), before, atol=1e-4, rtol=1e-4)  # eval mode: the same function
-        net.bn.train()
-        torch.testing.assert_close(net.bn(pre), before, atol=1e-3, rtol=1e-3)  # batch statistics = the data's
-    for k, v in net.norm.state_dict().items():
-        assert torch.equal(v, head_before[k]), k
-    with pytest.raises(ValueError, match="no batches"):
-        recalibrate_batchnorm(net, [])
-
-
-def test_precise_batchnorm_averages_the_batches_statistics_for_batch_mode_layers_only():
-    """--precise-bn: a BatchNorm in training mode gets the plain average of the batches' means and (unbiased)
-    variances with the current weights, whatever it held; one in eval mode (frozen) keeps its statistics; the
-    momentum and the modes are restored."""
-    from emolens.training.trainer import precise_batchnorm
-
-    net = _TinyBN().train()
-    net.norm.eval()  # e.g. frozen
-    with torch.no_grad():
-        net.bn.running_mean.fill_(100.0)  # stale statistics of earlier weights
-    frozen = {k: v.clone() for k, v in net.norm.state_dict().items()}
-    g = torch.Generator().manual_seed(2)
-    batches = list((1.0 + torch.randn(40, 3, 6, 6, generator=g)).split(10))
-    assert precise_batchnorm(net, batches) == 40
-    with torch.no_grad():
-        pre = [net.conv(b) for b in batches]
-    mean = torch.stack([p.mean((0, 2, 3)) for p in pre]).mean(0)
-    var = torch.stack([p.var((0, 2, 3)) for p in pre]).mean(0)
-    torch.testing.assert_close(net.bn.running_mean, mean)
-    torch.testing.assert_close(net.bn.running_var, var)
-    assert net.bn.momentum == 0.1 and net.training and net.bn.training and not net.norm.training
-    for k, v in net.norm.state_dict().items():
-        assert torch.equal(v, frozen[k]), k
-
-
-def test_recompute_batchnorm_after_averaging_keeps_a_frozen_runs_pretrained_statistics():
-    """`emolens average` of a --freeze-bn run re-measures only the new head's BatchNorm: re-measuring the folded
-    graph's identity statistics would change what the net computes."""
-    from torch.utils.data import TensorDataset
-
-    from emolens.training.averaging import recompute_batchnorm
-
-    net = models.create("mobilefacenet", num_classes=7)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    x = torch.randn(16, 3, 112, 112)
-    assert recompute_batchnorm(net, TensorDataset(x, torch.zeros(16)), samples=16, batch_size=8, frozen_bn=True) == 16
-    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed == {"norm.running_mean", "norm.running_var", "norm.num_batches_tracked"}, changed
-    recompute_batchnorm(net, TensorDataset(x, torch.zeros(16)), samples=16, batch_size=8)  # a batch-mode run
-    assert not torch.equal(net.stem[0].bn.running_var, before["stem.0.bn.running_var"])
-
-
-def test_fine_tuning_with_recalibrated_batchnorm_trains_in_batch_mode_and_resumes_without_recalibrating(
-    tmp_path, monkeypatch
-):
-    """A fresh run measures the statistics once before epoch 1 (the head-only epoch then changes the backbone's
-    statistics and the head, nothing else of the backbone); a resumed run keeps the statistics it holds."""
-    from emolens.training import trainer as trainer_mod
-
-    cfg = _finetune_config(tmp_path, recalibrate_bn=2, precise_bn=1)
-    with pytest.raises(ValueError, match="freeze_bn keeps them"):
-        dataclasses.replace(cfg, freeze_bn=True).validate()
-    calls = []
-    real = trainer_mod.recalibrate_batchnorm
-    monkeypatch.setattr(trainer_mod, "recalibrate_batchnorm", lambda m, b: calls.append(1) or real(m, b))
-    tr = Trainer(cfg)
-    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    tr.fit(stop_after=1)
-    assert calls == [1]
-    after = tr.model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert "body.0.bn.running_mean" in changed and "body.0.bn.weight" in changed  # recalibrated
-    assert not {k for k in changed if k.endswith("conv.weight")}, changed  # head-only epoch: convs as loaded
-    # --precise-bn 1: the statistics validation used come from one batch after the epoch, not the running average
-    assert int(after["body.0.bn.num_batches_tracked"]) == 1 and tr.model.body[0].bn.momentum == 0.1
-    tr2 = Trainer(cfg)
-    assert tr2.resume() and tr2.start_epoch == 1
-    tr2.fit()
-    assert calls == [1]  # not measured again on resume
-    assert not torch.equal(tr2.model.state_dict()["body.5.conv.weight"], before["body.5.conv.weight"])
-
-
-def test_freeze_stages_keeps_the_first_stages_as_loaded_through_warmup_and_training(tmp_path):
-    """--freeze-stages 4: stages 0-3 (conv1 and blocks 1-3) are exactly as loaded after a head warm-up and a
-    full epoch, BatchNorm statistics included, and are not in the optimizer; stage 4 is trained."""
-    cfg = _finetune_config(tmp_path, freeze_stages=4)
-    tr = Trainer(cfg)
-    stages = tr.model.stages()
-    assert len(stages) == 14 and len(tr.frozen) == 4
-    frozen = {id(p) for m in stages[:4] for p in m.parameters()}
-    in_opt = {id(p) for g in tr.opt.param_groups for p in g["params"]}
-    assert frozen and not frozen & in_opt
-    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    tr.fit()
-    after = tr.model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    # body.0 = conv1; blocks 1-3 = body.1-6 (depthwise, pointwise); block 4 starts at body.7
-    assert not {k for k in changed if k.startswith(tuple(f"body.{i}." for i in range(7)))}, changed
-    assert any(k.startswith("body.7.") for k in changed) and any(k.startswith("body.8.") for k in changed)
-    assert "body.8.bn.running_mean" in changed  # not frozen and --freeze-bn off: statistics re-learnt there
-
-
-def test_freeze_stages_refuses_models_without_stages_and_too_many_stages():
-    from emolens.training.trainer import freeze_stages
-
-    with pytest.raises(ValueError, match="does not list its stages"):
-        freeze_stages(models.create("fernet", num_classes=8), 1)
-    net = models.create("mobilefacenet", num_classes=8)
-    n = len(net.stages())
-    assert n == len(MOBILEFACENET_BLOCKS) + 3
-    with pytest.raises(ValueError, match=f"has {n} stages"):
-        freeze_stages(net, n + 1)
-    assert freeze_stages(net, 0) == []
-    assert all(p.requires_grad for p in net.parameters())
-    freeze_stages(net, 2)
-    assert not any(p.requires_grad for m in net.stages()[:2] for p in m.parameters())
-    assert all(p.requires_grad for p in net.stages()[2].parameters())

@@ -42,3 +42,53 @@ def test_cli_help_is_fast_and_loads_no_torch():
         "import sys; sys.argv = ['emolens', '--help']\nfrom emolens.cli import build_parser\nbuild_parser()"
     )
     assert "torch" not in mods
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every ``emolens`` module -> the ``emolens`` modules it imports anywhere in its file (deferred imports
+    inside functions included), read from the source with :mod:`ast`."""
+    import ast
+    from pathlib import Path
+
+    import emolens
+
+    src = Path(emolens.__file__).parent.parent
+    files = {}
+    for p in (src / "emolens").rglob("*.py"):
+        parts = list(p.relative_to(src).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("emolens")}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+                base = base if node.level else node.module or ""
+                if base.startswith("emolens"):
+                    deps |= {f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names}
+        graph[mod] = deps - {mod}
+    return graph
+
+
+def test_inference_layers_import_neither_datasets_nor_evaluation_even_deferred():
+    graph = _import_graph()
+    assert "emolens.imageio" in graph["emolens.live.images"]  # the reader sees real imports
+    wrong = {
+        m: sorted(d for d in deps if d.startswith(("emolens.data", "emolens.evaluation", "emolens.training")))
+        for m, deps in graph.items()
+        if m.startswith(("emolens.live", "emolens.batch", "emolens.serve"))
+    }
+    assert {m: d for m, d in wrong.items() if d} == {}
+
+
+def test_the_package_has_no_import_cycle():
+    import graphlib
+
+    graph = _import_graph()
+    try:
+        graphlib.TopologicalSorter({m: {d for d in deps if d in graph} for m, deps in graph.items()}).prepare()
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import cycle: {' -> '.join(e.args[1])}") from None

@@ -8,9 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from emolens.data import FaceDataset, Sample
-from emolens.evaluation.inference import multi_view_log_probs
 from emolens.training.teacher import precompute_targets
-from emolens.transforms import VIEWS, view_batch
+from emolens.tta import VIEWS, multi_view_log_probs, view_batch
 
 
 def test_view_batch_shifts_by_whole_pixels_and_mirrors():

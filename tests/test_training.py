@@ -1,4 +1,3 @@
-import copy
 import json
 import os
 import socket
@@ -11,13 +10,12 @@ import pytest
 import torch
 from conftest import REPO, make_affectnet_yolo, make_folder_dataset, make_rafdb
 
-from emolens.checkpoint import build_from_checkpoint
+from emolens.checkpoint import build_from_checkpoint, unwrap
 from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
+from emolens.runtime import native_bf16
 from emolens.training import CheckpointError, TrainConfig, Trainer, load_checkpoint, train
-from emolens.training.checkpoint import unwrap
-from emolens.training.sam import SharpnessAware, batchnorm_statistics_held
-from emolens.training.trainer import native_bf16, per_set_metrics
+from emolens.training.adapters import per_set_metrics
 
 
 @pytest.fixture(scope="module")
@@ -114,136 +112,16 @@ def test_config_rejects_bad_values():
         TrainConfig(optimizer="adam").validate()
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig.from_dict({"epochz": 3})
-    with pytest.raises(ValueError, match="ema"):
-        TrainConfig(ema=1.0).validate()  # a decay of 1 would never move from the first step's weights
-    with pytest.raises(ValueError, match="sam"):
-        TrainConfig(sam=-0.05).validate()
-
-
-def test_ema_is_what_validation_scores_and_best_pt_keeps(tiny_root, tmp_path):
-    """--ema: best.pt holds the moving average of the weights after each step (with the warm-up), not the last
-    weights, and the epoch's validation scores that average."""
-    decay = 0.9
-    t = Trainer(_cfg(tiny_root, tmp_path / "run", epochs=1, ema=decay))
-    steps = []
-    t.opt.register_step_post_hook(
-        lambda *_: steps.append({k: v.detach().clone() for k, v in t.model.state_dict().items()})
-    )
-    (row,) = t.fit()
-    assert len(steps) == len(t.train_loader) > 3
-    expected = dict(steps[0])
-    for n, weights in enumerate(steps[1:], start=1):
-        d = min(decay, (1 + n) / (10 + n))
-        expected = {k: d * expected[k] + (1 - d) * v if v.is_floating_point() else v for k, v in weights.items()}
-    best = load_checkpoint(tmp_path / "run" / "best.pt")["state_dict"]
-    for k, v in expected.items():
-        torch.testing.assert_close(best[k], v, atol=1e-5, rtol=1e-5, msg=k)
-    assert max(float((best[k] - steps[-1][k]).abs().max()) for k in best if best[k].is_floating_point()) > 1e-3
-    model, _ = build_from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt"))
-    _, _, loss = predict_loader(model, t.val_loader, torch.device("cpu"))
-    assert loss == pytest.approx(row["val_loss"], rel=1e-5)
-
-
-def test_sam_step_restores_the_weights_and_moves_by_the_gradient_at_the_sharp_point():
-    """One SAM step with SGD on f(w) = 0.5 w'Aw (gradient Aw), by hand: e = rho g / |g|, step -lr A (w + e)."""
-    a = torch.tensor([[3.0, 1.0], [1.0, 2.0]])
-    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
-    opt = torch.optim.SGD([w], lr=0.1)
-    sam = SharpnessAware([w], rho=0.5)
-    w0 = w.detach().clone()
-    (0.5 * w @ a @ w).backward()
-    g = a @ w0
-    sam.ascend()
-    torch.testing.assert_close(w.detach(), w0 + 0.5 * g / g.norm())
-    opt.zero_grad()
-    (0.5 * w @ a @ w).backward()
-    sam.descend()
-    assert torch.equal(w.detach(), w0)  # restored bit for bit
-    opt.step()
-    torch.testing.assert_close(w.detach(), w0 - 0.1 * (a @ (w0 + 0.5 * g / g.norm())))
-    with pytest.raises(ValueError, match="rho"):
-        SharpnessAware([w], rho=0.0)
-
-
-def test_batchnorm_statistics_held_normalises_with_the_batch_and_keeps_the_running_ones():
-    bn = torch.nn.BatchNorm1d(3, momentum=0.1).train()
-    x = torch.randn(16, 3) * 4 + 7
-    with batchnorm_statistics_held(bn):
-        out = bn(x)
-    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
-    torch.testing.assert_close(out.mean(0), torch.zeros(3), atol=1e-5, rtol=0)  # the batch's own statistics
-    assert bn.momentum == 0.1
-    bn(x)
-    assert bn.running_mean.abs().min() > 0.1  # outside, statistics update again
-
-
-def test_sam_trainer_steps_with_the_gradient_of_a_second_pass_at_the_sharp_weights(tiny_root, tmp_path):
-    """--sam in the training loop: at each optimizer step the weights are the step's start, the gradient is the
-    loss's at w + rho g / |g| alone (the first pass's gradient zeroed), and BatchNorm's running statistics count
-    the batch once."""
-    rho = 0.5
-    t = Trainer(_cfg(tiny_root, tmp_path / "run", epochs=1, sam=rho))
-    t.model.dropout.p = 0.0  # the two passes see the same net (BatchNorm uses the batch: deterministic)
-    named = dict(t.model.named_parameters())
-    seen: dict = {}
-    loss_fn, ascend, descend = t._loss, t.sam.ascend, t.sam.descend
-    t.model.register_forward_pre_hook(lambda m, inp: seen.__setitem__("x", inp[0].detach().clone()))
-
-    def spy_loss(logits, y, target, teacher_logits):
-        seen["y"] = y
-        return loss_fn(logits, y, target, teacher_logits)
-
-    def spy_ascend():
-        seen["w"] = {n: p.detach().clone() for n, p in named.items()}
-        seen["g1"] = {n: p.grad.clone() for n, p in named.items()}
-        ascend()
-        seen["bn"] = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k}
-        g_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in seen["g1"].values()]))
-        for n, p in named.items():
-            torch.testing.assert_close(p.detach(), seen["w"][n] + rho * seen["g1"][n] / g_norm)
-        sharp = copy.deepcopy(t.model)  # the gradient at the sharp weights, computed apart
-        sharp.zero_grad(set_to_none=True)
-        loss_fn(sharp(seen["x"]), seen["y"], None, None).backward()
-        seen["g_sharp"] = {n: p.grad.clone() for n, p in sharp.named_parameters()}
-
-    def spy_descend():
-        for k, v in seen["bn"].items():  # the second pass left the running statistics alone
-            assert torch.equal(t.model.state_dict()[k], v), k
-        descend()
-
-    def before_step(*_):
-        for n, p in named.items():
-            assert torch.equal(p.detach(), seen["w"][n]), n
-            torch.testing.assert_close(p.grad, seen["g_sharp"][n], atol=1e-6, rtol=1e-4, msg=n)
-        seen["steps"] = seen.get("steps", 0) + 1
-        seen["moved"] = max(float((seen["g_sharp"][n] - seen["g1"][n]).abs().max()) for n in named)
-
-    t._loss, t.sam.ascend, t.sam.descend = spy_loss, spy_ascend, spy_descend
-    t.opt.register_step_pre_hook(before_step)
-    t.fit()
-    assert seen["steps"] == len(t.train_loader) > 3
-    assert seen["moved"] > 1e-3  # the sharp point's gradient is not the first one's
-
-
-def test_ema_resumes_exactly_and_is_not_added_to_a_run_without_it(tiny_root, tmp_path):
-    straight = Trainer(_cfg(tiny_root, tmp_path / "a", epochs=3, ema=0.95))
-    straight.fit()
-    first = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, ema=0.95))
-    first.fit(stop_after=2)
-    resumed = Trainer(_cfg(tiny_root, tmp_path / "b", epochs=3, ema=0.95))
-    assert resumed.resume() and resumed.start_epoch == 2
-    resumed.fit()
-    for (k, a), b in zip(straight.ema.state_dict().items(), resumed.ema.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    Trainer(_cfg(tiny_root, tmp_path / "c", epochs=2)).fit(stop_after=1)
-    with pytest.raises(ValueError, match="c/last.pt: this run was trained without ema"):
-        Trainer(_cfg(tiny_root, tmp_path / "c", epochs=2, ema=0.9)).resume()
+    # a run folder of an earlier version: removed settings load where they were off, and are refused where on
+    assert TrainConfig.from_dict({"epochs": 3, "ema": 0.0, "sam": 0.0, "keep_epochs": False}).epochs == 3
+    with pytest.raises(ValueError, match=r"were removed .*ema=0\.999"):
+        TrainConfig.from_dict({"ema": 0.999})
 
 
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from emolens.training import TrainConfig, Trainer
-    from emolens.training.checkpoint import unwrap
+    from emolens.checkpoint import unwrap
     root, out = sys.argv[1], sys.argv[2]
     kd = dict(teacher=sys.argv[3], teacher_views="flip", teacher_offline=True) if len(sys.argv) > 3 else {}
     t = Trainer(TrainConfig(dataset="folder", root=root, model="fernet_tiny", out=out, image_size=32, epochs=2,
@@ -342,11 +220,11 @@ def test_init_from_a_checkpoint_of_more_classes_answers_as_it_did_in_the_runs_cl
 
 
 def test_class_rows_picks_the_rows_of_the_new_classes_in_their_order():
-    from emolens.training.trainer import _class_rows
+    from emolens.training.finetune import class_rows
 
     state = {"body.w": torch.ones(4, 2), "fc.weight": torch.arange(8.0).view(4, 2), "fc.bias": torch.arange(4.0)}
     target = {"body.w": torch.zeros(4, 2), "fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}
-    out = _class_rows(state, target, [3, 1])
+    out = class_rows(state, target, [3, 1])
     assert out["fc.weight"].tolist() == [[6.0, 7.0], [2.0, 3.0]] and out["fc.bias"].tolist() == [3.0, 1.0]
     assert out["body.w"] is state["body.w"]  # same shape as the target's: not a class-indexed tensor
 
@@ -422,8 +300,8 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
 def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
     import numpy as np
 
+    from emolens.checkpoint import build_from_checkpoint, ensemble_checkpoints, save_atomic
     from emolens.evaluation.prior import rebalance
-    from emolens.training.checkpoint import build_from_checkpoint, ensemble_checkpoints, save_atomic
 
     a = train(_cfg(tiny_root, tmp_path / "a", epochs=1))
     b = train(_cfg(tiny_root, tmp_path / "b", epochs=1, seed=1))
@@ -450,78 +328,6 @@ def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
     save_atomic(other, tmp_path / "reversed.pt")
     with pytest.raises(CheckpointError, match="classes"):
         ensemble_checkpoints([a / "best.pt", tmp_path / "reversed.pt"])
-
-
-def test_average_of_snapshots_is_the_mean_of_their_weights(tiny_root, tmp_path):
-    from emolens.cli import main
-    from emolens.training.checkpoint import average_checkpoints, build_from_checkpoint, save_atomic
-
-    a = train(_cfg(tiny_root, tmp_path / "a", epochs=2, keep_epochs=True))
-    assert sorted(p.name for p in a.glob("epoch_*.pt")) == ["epoch_001.pt", "epoch_002.pt"]
-    last = load_checkpoint(a / "last.pt")
-    kept = load_checkpoint(a / "epoch_002.pt")
-    assert kept["epoch"] == 2 and "optimizer" not in kept
-    assert all(torch.equal(v, last["state_dict"][k]) for k, v in kept["state_dict"].items())
-    b = train(_cfg(tiny_root, tmp_path / "b", epochs=1, seed=1))
-    sa, sb = (load_checkpoint(p / "last.pt")["state_dict"] for p in (a, b))
-    avg = average_checkpoints([a / "last.pt", b / "last.pt"])
-    assert avg["model"] == "fernet_tiny" and "optimizer" not in avg
-    for k, v in avg["state_dict"].items():
-        if v.is_floating_point():
-            assert torch.allclose(v, (sa[k] + sb[k]) / 2), k
-        else:
-            assert torch.equal(v, sa[k]), k  # BatchNorm batch counters: the first's
-    build_from_checkpoint(avg)  # an ordinary one-model checkpoint
-
-    # through the CLI, with BatchNorm re-measured on the training faces: running stats change, weights do not
-    out = tmp_path / "avg.pt"
-    assert (
-        main(
-            ["average", str(a / "last.pt"), str(b / "last.pt"), "--out", str(out)]
-            + ["--dataset", "folder", "--root", str(tiny_root), "--bn-samples", "64"]
-        )
-        == 0
-    )
-    got = load_checkpoint(out)
-    assert got["batchnorm_recomputed"]["faces"] == 64
-    conv_w = next(k for k in sa if k.endswith("weight") and sa[k].ndim == 4)
-    assert torch.equal(got["state_dict"][conv_w], avg["state_dict"][conv_w])
-    bn_mean = next(k for k in sa if k.endswith("running_mean"))
-    assert not torch.allclose(got["state_dict"][bn_mean], avg["state_dict"][bn_mean])
-
-    # different prior shifts cannot be averaged (the shift is in the bias); different models neither
-    shifted = {**load_checkpoint(b / "last.pt"), "prior_shift": {"tau": 0.5}}
-    save_atomic(shifted, tmp_path / "shifted.pt")
-    with pytest.raises(CheckpointError, match="prior shifts differ"):
-        average_checkpoints([a / "last.pt", tmp_path / "shifted.pt"])
-    twice = {**load_checkpoint(a / "last.pt"), "prior_shift": {"tau": 0.2, "previous": {"tau": 0.3}}}
-    save_atomic(twice, tmp_path / "twice.pt")  # rebalanced twice, the same total shift: fine
-    assert average_checkpoints([tmp_path / "shifted.pt", tmp_path / "twice.pt"])["prior_shift"]["tau"] == 0.5
-    other = train(_cfg(tiny_root, tmp_path / "c", epochs=1, model="fernet")) / "last.pt"
-    with pytest.raises(CheckpointError, match="model"):
-        average_checkpoints([a / "last.pt", other])
-
-
-def test_recompute_batchnorm_measures_the_mean_and_variance_of_its_input():
-    from torch import nn
-    from torch.utils.data import TensorDataset
-
-    from emolens.training.averaging import recompute_batchnorm
-
-    torch.manual_seed(0)
-    conv = nn.Conv2d(1, 3, 3)
-    model = nn.Sequential(conv, nn.BatchNorm2d(3))
-    x = torch.randn(64, 1, 8, 8) * 2 + 1
-    used = recompute_batchnorm(model, TensorDataset(x, torch.zeros(64)), samples=64, batch_size=16)
-    with torch.no_grad():
-        h = conv(x)
-    assert used == 64 and not model.training
-    # update_bn: equal-weight mean over batches of 16 (each batch's biased mean/unbiased var)
-    want_mean = h.mean((0, 2, 3))
-    batches = torch.randperm(64, generator=torch.Generator().manual_seed(0)).view(4, 16)
-    want_var = torch.stack([h[b].var((0, 2, 3)) for b in batches]).mean(0)
-    assert torch.allclose(model[1].running_mean, want_mean, atol=1e-5)
-    assert torch.allclose(model[1].running_var, want_var, rtol=1e-4)
 
 
 class _Evil:

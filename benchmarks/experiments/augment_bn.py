@@ -20,9 +20,11 @@ import copy
 import shlex
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from _common import print_table, save, shared  # noqa: E402
@@ -31,13 +33,75 @@ from prior_frontier import TAUS, frontier, summary  # noqa: E402
 MODES = ("none", "batch", "per-image", "per-image-nearest", "clean")
 
 
+# ---- removed from emolens (``emolens average`` and ``--precise-bn`` did not help); kept here to re-run this study
+
+
+def _forward_all(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Run ``model`` on every batch (outputs dropped); returns the number of faces."""
+    n = 0
+    for x in batches:
+        model(x)
+        n += len(x)
+    return n
+
+
+@torch.no_grad()
+def precise_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """``--precise-bn``: recompute the running statistics of every BatchNorm in training mode as the plain average
+    over ``batches`` with the model's current weights (PreciseBN; Wu & Johnson 2021); returns the faces seen.
+
+    A running average with momentum 0.1 lags behind weights that move fast: a layer whose input drifts by many of
+    its standard deviations per epoch (MobileFaceNet's last layers, fine-tuned) is then evaluated with the
+    statistics of earlier weights. BatchNorms in eval mode (``--freeze-bn``, ``--freeze-stages``) are left as
+    they are; the model's modes are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        n = _forward_all(model, batches)
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        for m in dropouts:
+            m.train()
+    if n == 0:  # nothing measured: keep what they held
+        for m, (rm, rv, nb) in zip(bns, saved, strict=True):
+            m.running_mean.copy_(rm)
+            m.running_var.copy_(rv)
+            m.num_batches_tracked.copy_(nb)
+    return n
+
+
+def recompute_batchnorm(model, dataset, samples: int = 8192, batch_size: int = 128, seed: int = 0) -> int:
+    """Reset and re-measure every BatchNorm's running mean/var on ``samples`` faces of ``dataset`` (a fixed random
+    subset, ``seed``) as one cumulative average; returns how many faces were used."""
+    from torch.utils.data import DataLoader, Subset
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[: min(samples, len(dataset))].tolist()
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
+    torch.manual_seed(seed)  # the augmentation's random draws
+    model.train()
+    precise_batchnorm(model, (x for x, *_ in loader))
+    model.eval()
+    return len(idx)
+
+
 def remeasured(ckpt: dict, path: str, mode: str, samples: int) -> dict:
     """``ckpt`` with every BatchNorm statistic re-measured through pipeline ``mode``."""
     from torchvision.transforms import v2
 
     from emolens.checkpoint import build_from_checkpoint
     from emolens.data import open_dataset
-    from emolens.training.averaging import recompute_batchnorm
     from emolens.transforms import BatchAugment, eval_transform, train_transform
 
     model, pre = build_from_checkpoint(ckpt, path)

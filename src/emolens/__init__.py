@@ -69,7 +69,7 @@ def predict(
     """
     import numpy as np
 
-    from .data.base import DataError, to_uint8_channels
+    from .imageio import DataError, to_uint8_channels
     from .live.images import predict_frame, read_bgr
 
     pipe = _pipeline(model)

@@ -125,16 +125,11 @@ RESUME_FROZEN = (
     "schedule",
     "warmup_epochs",
     "freeze_bn",
-    "recalibrate_bn",
-    "ema",
-    "sam",
     "backbone_lr",
     "head_warmup_epochs",
-    "freeze_stages",
     "class_weights",
     "balanced_sampler",
     "loss",
-    "la_tau",
     "la_prior",
     "label_smoothing",
     "soft_labels",
@@ -342,26 +337,6 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
     return 0
 
 
-def average_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--out", required=True)
-    _limited(p, "--dataset", OneOf(*DATASETS), "re-measure BatchNorm statistics on this dataset's training split")
-    p.add_argument("--root")
-    p.add_argument("--extra-data", nargs="+", metavar="KIND=ROOT", help="more datasets (as for train)")
-    _limited(p, "--bn-samples", Range(int, 1), "training faces for the BatchNorm statistics", default=8192)
-
-
-@command("average", "average the weights of snapshots of one run (SWA): one model, the cost of one", average_arguments)
-def cmd_average(a: argparse.Namespace) -> int:
-    from .training.averaging import average
-
-    if bool(a.dataset) != bool(a.root):
-        raise SystemExit("emolens average: --dataset and --root go together")
-    r = average(a.checkpoints, a.out, a.dataset, a.root, a.extra_data or (), a.bn_samples)
-    print(f"wrote {a.out} (mean of {r['members']} checkpoints; BatchNorm statistics {r['batchnorm']})")
-    return 0
-
-
 def _pipeline(a: argparse.Namespace):
     from .live.settings import PipelineSettings
 
@@ -518,7 +493,7 @@ def _sample_path(a: argparse.Namespace):
     ``--jsonl``, in ``--summary``), else in the cache folder."""
     from pathlib import Path
 
-    from .data.cache import default_cache_dir
+    from .download import default_cache_dir
     from .live.synthetic import SAMPLE_NAME
 
     outputs = [Path(p) for p in (a.output, a.csv, a.jsonl) if p]

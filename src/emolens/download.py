@@ -8,6 +8,11 @@ import urllib.request
 from pathlib import Path
 
 
+def default_cache_dir() -> Path:
+    """Where emolens keeps what it downloads and decodes: ``$EMOLENS_CACHE`` or ``~/.cache/emolens``."""
+    return Path(os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens"))
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms import v2
 
 
@@ -155,38 +154,3 @@ class BatchAugment(torch.nn.Module):
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601 grey of an RGB batch (as torchvision's contrast adjustment uses)."""
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-#: Test-time views of a face: (shift right, shift down) as fractions of the side, whether to mirror it, and the
-#: factor its side is resized by (a model with global pooling reads any size; one with a fixed-size layer does not).
-View = tuple[float, float, bool, float]
-_SHIFT = 0.03  # 1.4 px of a 48 px face
-#: ``scale`` reads the face also at 8/7 of its side (112 -> 128 px for ``faceres_v2``, 48 -> 55 for ``fernet_v3``):
-#: on RAF-DB and FER+ validation it lifts both bundled models, more than ``flip`` does (README, --tta)
-_SCALE = 8 / 7
-VIEWS: dict[str, list[View]] = {
-    "single": [(0.0, 0.0, False, 1.0)],
-    "flip": [(0.0, 0.0, False, 1.0), (0.0, 0.0, True, 1.0)],
-    "shift-flip": [
-        (dx, dy, flip, 1.0)
-        for dx, dy in ((0.0, 0.0), (_SHIFT, 0.0), (-_SHIFT, 0.0), (0.0, _SHIFT), (0.0, -_SHIFT))
-        for flip in (False, True)
-    ],
-    "scale": [(0.0, 0.0, False, 1.0), (0.0, 0.0, False, _SCALE)],
-}
-
-
-def view_batch(x: torch.Tensor, dx: float, dy: float, flip: bool, scale: float = 1.0) -> torch.Tensor:
-    """``x`` (NxCxHxW) shifted by ``dx``/``dy`` of its side (bilinear, edge pixels repeated), resized by ``scale``
-    (bilinear, antialiased; the side rounded to whole pixels), then mirrored."""
-    if dx or dy:
-        theta = torch.zeros(len(x), 2, 3, device=x.device, dtype=x.dtype)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        # affine_grid maps output -> input in [-1, 1] coordinates (side = 2): content moves by +dx*side
-        theta[:, 0, 2], theta[:, 1, 2] = -2 * dx, -2 * dy
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if scale != 1.0:
-        size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return torch.flip(x, dims=[3]) if flip else x

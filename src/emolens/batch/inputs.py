@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.base import IMAGE_EXT, DataError, file_problem
+from ..imageio import IMAGE_EXT, DataError, file_problem
 
 #: File extensions read as videos (decoded by OpenCV/FFmpeg).
 VIDEO_EXT = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")

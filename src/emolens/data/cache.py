@@ -14,12 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..download import default_cache_dir
 from .base import DataError, FaceDataset
-
-
-def default_cache_dir() -> Path:
-    """``$EMOLENS_CACHE`` or ``~/.cache/emolens``."""
-    return Path(os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens"))
 
 
 def cache_key(ds: FaceDataset) -> str:

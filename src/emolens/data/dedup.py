@@ -59,8 +59,8 @@ def thumbnail(grey: np.ndarray) -> np.ndarray:
 def fingerprints(paths: Sequence[str], cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(n, 2)`` hashes (image, mirror) and ``(n, THUMB, THUMB)`` thumbnails of ``paths``, cached on disk by the
     list of paths, sizes and modification times."""
+    from ..download import default_cache_dir
     from .base import DataError, read_image
-    from .cache import default_cache_dir
 
     sig = hashlib.sha256()
     for p in paths:

@@ -8,33 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..models import accepts_other_sizes
-from ..transforms import VIEWS, View, view_batch
-
-
-@torch.no_grad()
-def multi_view_log_probs(model: nn.Module, x: torch.Tensor, views: str | list[View] = "shift-flip") -> torch.Tensor:
-    """Log of the model's class probabilities averaged over ``views`` of ``x`` (a name in
-    :data:`emolens.transforms.VIEWS`): test-time augmentation, and the multi-view distillation teacher."""
-    vs = VIEWS[views] if isinstance(views, str) else views
-    p = sum(_view_probs(model, x, v) for v in vs) / len(vs)
-    return torch.log(p.clamp_min(1e-12))
-
-
-def _view_probs(model: nn.Module, x: torch.Tensor, view: View) -> torch.Tensor:
-    xv = view_batch(x, *view)
-    if xv.shape[-2:] == x.shape[-2:]:
-        return model(xv).float().softmax(1)
-    refusal = (
-        f"this model reads {x.shape[-1]} px faces only (a layer of fixed size), so it cannot answer the "
-        f"{xv.shape[-1]} px view of test-time augmentation 'scale'"
-    )
-    if not accepts_other_sizes(model):
-        raise ValueError(refusal)
-    try:
-        return model(xv).float().softmax(1)
-    except RuntimeError as e:  # a model that does not say so, failing on the size
-        raise ValueError(f"{refusal}: {str(e)[:200]}") from None
+from ..tta import VIEWS, multi_view_log_probs
 
 
 @torch.no_grad()
@@ -49,7 +23,7 @@ def predict_loader(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Return ``(probabilities NxC, labels N, mean cross-entropy loss)`` over ``loader``.
 
-    ``tta``: a view set of :data:`emolens.transforms.VIEWS` (``True`` is "flip": the mirror image too)."""
+    ``tta``: a view set of :data:`emolens.tta.VIEWS` (``True`` is "flip": the mirror image too)."""
     views = "flip" if tta is True else (tta or "single")
     if views not in VIEWS:
         raise ValueError(f"tta={tta!r}: choose one of {sorted(VIEWS)}")

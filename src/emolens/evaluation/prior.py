@@ -115,7 +115,7 @@ def split_log_probs(
     "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales).
 
     ``views`` other than "single" average the model over views of each face
-    (:data:`emolens.transforms.VIEWS`): how a multi-view distillation teacher answers."""
+    (:data:`emolens.tta.VIEWS`): how a multi-view distillation teacher answers."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, train_counts

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from ..runtime import resolve_device
 from ..transforms import Preprocess
 
 #: Batches of at most this many faces run on one thread when the thread count is automatic: splitting so little
@@ -24,13 +25,6 @@ def default_threads(processes: int = 1) -> int:
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, (os.cpu_count() or 1) // max(1, processes))
-
-
-def resolve_device(name: str = "cpu") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; other names as given (``cuda:1``, ``mps``...)."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,10 +68,10 @@ class EmotionClassifier:
         up to :data:`SMALL_BATCH` faces, else ``max_threads`` (default :func:`default_threads`), which measured
         within 10 % of the best fixed count on idle and busy machines alike (``benchmarks/live_speed.py
         --load``). ``device``: ``cpu``, ``cuda``, ``auto``.
-        ``tta``: ``none``, or a view set of :data:`emolens.transforms.VIEWS` whose answers are averaged
+        ``tta``: ``none``, or a view set of :data:`emolens.tta.VIEWS` whose answers are averaged
         (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost; ``scale``: the
         face also read at 8/7 of its side, for models with global pooling)."""
-        from ..transforms import VIEWS
+        from ..tta import VIEWS
 
         self.views = "single" if tta == "none" else tta
         if self.views not in VIEWS:
@@ -85,7 +79,7 @@ class EmotionClassifier:
         if self.views != "single" and backend != "torch":
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
         self.backend = backend
-        self.device = torch.device(resolve_device(device))
+        self.device = resolve_device(device)
         self.adaptive = not threads and self.device.type == "cpu" and backend == "torch"
         self.threads = threads or max_threads or default_threads()
         torch.set_num_threads(self.threads)
@@ -141,7 +135,7 @@ class EmotionClassifier:
             torch.set_num_threads(1 if len(faces) <= SMALL_BATCH else self.threads)
         x = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
         if self.views != "single":
-            from ..evaluation.inference import multi_view_log_probs
+            from ..tta import multi_view_log_probs
 
             return multi_view_log_probs(self.model, x, self.views).exp().cpu().numpy()
         return self.model(x).softmax(1).cpu().numpy()

@@ -15,6 +15,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from ..imageio import header_size
+
 #: Container kinds :func:`sniff` knows.
 KINDS = ("mp4", "matroska", "avi")
 
@@ -59,27 +61,11 @@ def coded_frame_size(path: str | Path) -> tuple[int, int] | None:
                 sizes.append((stream.codec_context.width, stream.codec_context.height))
             for packet in c.demux(stream):
                 if packet.size:
-                    sizes += [s for s in [_image_header_size(bytes(packet))] if s]
+                    sizes += [s for s in [header_size(bytes(packet))] if s]
                     break
     except av.error.FFmpegError as e:
         raise ValueError(f"not a readable video ({e})") from None
     return max(sizes, key=lambda s: s[0] * s[1]) if sizes else None
-
-
-def _image_header_size(data: bytes) -> tuple[int, int] | None:
-    """The size an image's own header states (a JPEG's SOF for MJPEG packets), read by Pillow without decoding."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
 
 
 # -- MP4 / QuickTime: boxes of (32-bit size, type), size 1 -> 64-bit size follows, 0 -> to the end -------------

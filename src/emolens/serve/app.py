@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..data.base import DataError, ImageTooLarge, decode_image, header_size, other_header_size
+from ..imageio import DataError, ImageTooLarge, decode_image, header_size, other_header_size
 from ..live.classifier import default_threads
 from ..live.container import coded_frame_size, frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline

@@ -25,11 +25,8 @@ class TrainConfig:
     channels: int | None = None  # None: the model's default
     protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
     freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
-    recalibrate_bn: int = 0  # before epoch 1: measure BatchNorm statistics on N training batches, same function
-    precise_bn: int = 0  # before each validation: batch-mode BatchNorm statistics recomputed on N training batches
     backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
     head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
-    freeze_stages: int = 0  # the backbone's first N stages stay as loaded all run (no backward through them)
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
@@ -38,8 +35,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | onecycle | none
     warmup_epochs: int = 0
     class_weights: bool = True  # the paper's class-weighted cross-entropy
-    loss: str = "ce"  # ce | logit_adjusted (Menon et al. 2021: CE on logits + tau * log prior)
-    la_tau: float = 1.0  # logit-adjustment strength
+    loss: str = "ce"  # ce | logit_adjusted (Menon et al. 2021: CE on logits + log prior)
     la_prior: str = "mix"  # mix: the training mix's class prior | dataset: each face's own dataset's prior
     balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
     label_smoothing: float = 0.0
@@ -61,10 +57,6 @@ class TrainConfig:
     cache: bool = True  # decoded-face memmap cache
     on_error: str = "skip"  # skip | raise for unreadable images
     max_samples: int | None = None  # cap train/val size (quick experiments, tests)
-    sam: float = 0.0  # sharpness-aware minimisation radius rho (0: off; e.g. 0.05); two passes per step
-    ema: float = 0.0  # moving average of the weights, decay per step (0: off); validation and best.pt use it
-    keep_epochs: bool = False  # also save every epoch's weights as epoch_NNN.pt (for `emolens average`)
-    tta: bool = False  # flip test-time augmentation in validation/evaluation
     device: str = "auto"
     progress: bool = True
 
@@ -77,7 +69,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from a dict (a run's ``config.json``). Settings that were removed are dropped where they hold
+        the value that means "off", and refused otherwise: such a run cannot be reproduced or resumed."""
         names = {f.name for f in fields(cls)}
+        used = sorted(k for k, off in REMOVED.items() if k in d and d[k] != off)
+        if used:
+            raise ValueError(
+                "these settings were removed (experiments that did not help; see docs/experiments.md): "
+                + ", ".join(f"{k}={d[k]!r}" for k in used)
+            )
+        d = {k: v for k, v in d.items() if k not in REMOVED}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
@@ -89,8 +90,6 @@ class TrainConfig:
         check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
-        if self.recalibrate_bn and self.freeze_bn:
-            raise ValueError("recalibrate_bn trains with BatchNorm statistics from the batches; freeze_bn keeps them")
         if self.head_warmup_epochs >= self.epochs:
             raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
 
@@ -113,11 +112,7 @@ LIMITS: dict[str, Limit] = {
     "warmup_epochs": Range(int, 0),
     "backbone_lr": Range(float, 0, 1e3),  # multiplier of lr for the backbone
     "head_warmup_epochs": Range(int, 0),
-    "recalibrate_bn": Range(int, 0),  # batches of training faces; 0: off
-    "precise_bn": Range(int, 0),  # batches of training faces; 0: off
-    "freeze_stages": Range(int, 0),  # at most the model's number of stages (checked when the model is built)
     "loss": OneOf("ce", "logit_adjusted"),
-    "la_tau": Range(float, 0),
     "la_prior": OneOf("mix", "dataset"),
     "label_smoothing": Range(float, 0, 1, hi_open=True),
     "mixup": Range(float, 0),  # Beta(a, a) parameter; 0: off
@@ -132,7 +127,18 @@ LIMITS: dict[str, Limit] = {
     "workers": Range(int, 0),
     "on_error": OneOf("skip", "raise"),
     "max_samples": Range(int, 1, optional=True),
-    "ema": Range(float, 0, 1, hi_open=True),  # e.g. 0.999: an average over about 1000 steps
-    "sam": Range(float, 0, 10),  # SAM's radius in weight space: 0.05 in Foret et al.; 0.01 on the face recipe
     "device": DEVICE,
+}
+
+#: Settings of earlier versions that were removed, with the value that meant "off" (a run's ``config.json`` holding
+#: that value still loads).
+REMOVED: dict[str, object] = {
+    "recalibrate_bn": 0,
+    "precise_bn": 0,
+    "freeze_stages": 0,
+    "la_tau": 1.0,
+    "sam": 0.0,
+    "ema": 0.0,
+    "keep_epochs": False,
+    "tta": False,
 }

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data import FaceDataset
 from ..data.cache import cache_key
-from ..evaluation.inference import multi_view_log_probs
+from ..tta import multi_view_log_probs
 
 log = logging.getLogger(__name__)
 
