@@ -80,48 +80,6 @@ def test_pytorch_rebuild_reproduces_the_original_graph_on_a_real_face(name, mode
     assert np.abs(fresh - expected).max() > 0.1 * np.abs(expected).max()
 
 
-def test_faceres_bgr_feeds_the_graph_bgr_minus_the_caffe_mean():
-    """``faceres_bgr`` is ``faceres_mobilenet`` with the input its author uses: B, G, R minus the Caffe mean."""
-    from emolens.models.face_backbones import CAFFE_MEAN_BGR
-
-    rgb, bgr = models.create("faceres_mobilenet", num_classes=7).eval(), models.create("faceres_bgr", num_classes=7)
-    bgr.load_state_dict(rgb.state_dict())  # the same weights: only the fixed input map differs
-    pre = Preprocess.for_channels(8, 3)
-    red = torch.zeros(3, 8, 8, dtype=torch.uint8)
-    red[0] = 255
-    x = eval_transform(pre)(red)[None]
-    b, g, r = CAFFE_MEAN_BGR
-    np.testing.assert_allclose(bgr.scale(x)[0, :, 0, 0], [-b / 255, -g / 255, (255 - r) / 255], atol=1e-5)
-    np.testing.assert_allclose(rgb.scale(x)[0, :, 0, 0], [1, 0, 0], atol=1e-5)  # RGB 0-255, the first kernel x 255
-    face = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    want = (face.flip(0).float() - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)) / 255
-    with torch.no_grad():
-        x = eval_transform(Preprocess.for_channels(32, 3))(face)[None]
-        torch.testing.assert_close(bgr.eval().features(x), rgb.body(want[None]).mean((2, 3)), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="input must be one of rgb, bgr_mean"):
-        models.face_backbones.FaceResMobileNet(7, input="yuv")
-
-
-def test_faceres_age_head_is_surer_of_real_faces_fed_bgr_minus_the_mean():
-    """The graph's own age head (100 years, softmax) is surer on RAF-DB faces fed as its author feeds them than
-    fed RGB 0-255 (mean entropy 2.70 against 3.21 nats on all 1,227 validation faces; docs/experiments.md)."""
-    folder, raf = _human_models(), shared_path("data/rafdb")
-    w = read_weights(folder / "faceres-deep.json")
-    t = {k: torch.from_numpy(np.array(w[k], np.float32)) for k in ("feats/kernel", "feats/bias")}
-    age_k, age_b = (torch.from_numpy(np.array(w[k], np.float32)) for k in ("age_pred/kernel", "age_pred/bias"))
-    pre = Preprocess.for_channels(112, 3)
-    val = open_dataset("rafdb", raf, "val", 112, 3, transform=eval_transform(pre), progress=False)
-    x = torch.stack([val[i][0] for i in range(0, len(val), 8)])  # 154 faces
-    entropy = {}
-    for name in ("faceres_mobilenet", "faceres_bgr"):
-        net = models.create(name, num_classes=7, weights=str(folder)).eval()
-        with torch.no_grad():
-            h = torch.relu(net.features(x) @ t["feats/kernel"] + t["feats/bias"])
-            age = torch.softmax(h @ age_k + age_b, 1)
-        entropy[name] = float(-(age * age.clamp_min(1e-9).log()).sum(1).mean())
-    assert entropy["faceres_bgr"] < entropy["faceres_mobilenet"] - 0.25, entropy
-
-
 def test_mobilefacenet_layout_is_read_from_the_graph():
     assert mobilefacenet_layout(_human_models() / "mobilefacenet.json") == list(MOBILEFACENET_BLOCKS)
 

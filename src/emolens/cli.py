@@ -101,9 +101,8 @@ def command(
 
 #: ``--checkpoint`` help, the same for every subcommand that runs a model.
 CHECKPOINT_HELP = (
-    "a checkpoint from `emolens train`, or a bundled model: fernet_v3 (the default; 48 px grey; 34-49 FPS "
-    "with 1 face, 21-27 with 8 on 2 CPU cores) or faceres_v2 (opt-in, for photos of real people: far better on "
-    "web photos, worse on FER-like crops; 112 px colour; 29-44 FPS with 1 face, 16-26 with 8; see README)"
+    "a checkpoint from `emolens train`, or a bundled model: fernet_v3 (48 px grey) or faceres_v2 (112 px colour, "
+    "for photos of real people); `emolens models` lists them, README 'Choosing a model' compares them"
 )
 
 #: TrainConfig fields a resumed run may not change (the rest: epochs, workers, progress, device, ...).
@@ -801,7 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     """``emolens`` and one subparser per :data:`COMMANDS` entry (its flags, and ``func``: its ``cmd_*``)."""
     from . import __version__
 
-    description = f"Command-line interface, one ``cmd_*`` function per subcommand: ``emolens {'|'.join(COMMANDS)}``."
+    description = (
+        "Emotions from facial expressions: train and evaluate models, and label every face in photos, videos, "
+        "webcams and whole collections. `emolens COMMAND --help` for each command."
+    )
     p = Parser(prog="emolens", description=description)
     p.add_argument("--version", action="version", version=f"emolens {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")

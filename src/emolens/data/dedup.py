@@ -8,7 +8,7 @@ within ``max_bits`` is only a candidate: it is joined when the normalised correl
 thumbnails (the better of plain and mirrored) is at least ``min_corr``. Groups are the connected components, so
 a chain of close crops ends up in one group.
 
-Measured on the AffectNet re-pack (12,029 faces; ``docs/experiments.md``, twelfth session): candidate pairs at
+Measured on the AffectNet re-pack (12,029 faces; ``docs/experiments.md``): candidate pairs at
 0-4 bits correlate 0.95-1.0 (the same photo); at 10-12 bits the median is 0.55-0.60 (other people); on contact
 sheets pairs at 0.85-0.88 were mostly the same photo and pairs at 0.80-0.85 mostly not.
 """

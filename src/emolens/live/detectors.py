@@ -78,7 +78,7 @@ class HaarDetector:
 
     name = "haar"
     # Haar boxes are square and a little larger than YuNet's: crop side / sqrt(w*h) measured 1.043 on the 845 of
-    # 1,500 FER+ faces Haar finds (benchmarks/crop_geometry.py --fit), 1.049 on an earlier 800-face sample
+    # 1,500 FER+ faces Haar finds (benchmarks/crop_geometry.py --fit)
     crop_scale = 1.05
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24, max_side: int = 640):

@@ -61,15 +61,6 @@ REGISTRY: dict[str, ModelSpec] = {
         True,
         "MobileNet v1 pretrained on faces (faceres-deep: VGGFace2 identity, then age/gender), new head",
     ),
-    "faceres_bgr": ModelSpec(
-        lambda num_classes, in_channels, image_size, **kw: _rgb(
-            faceres_mobilenet, num_classes, in_channels, input="bgr_mean", **kw
-        ),
-        112,
-        3,
-        True,
-        "faceres_mobilenet fed as its author feeds it (BGR minus the Caffe ImageNet mean)",
-    ),
     "mobilefacenet": ModelSpec(
         lambda num_classes, in_channels, image_size, **kw: _rgb(mobilefacenet, num_classes, in_channels, **kw),
         112,
@@ -82,7 +73,7 @@ REGISTRY: dict[str, ModelSpec] = {
         48,
         1,
         False,
-        "VGG-style 8-conv net for 48 px grey faces (the bundled model)",
+        "VGG-style 8-conv net for 48 px grey faces",
     ),
     "fernet_wide": ModelSpec(
         lambda num_classes, in_channels, image_size, **kw: FERNet(num_classes, in_channels, widths=(48, 96, 192, 384)),

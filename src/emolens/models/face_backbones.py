@@ -36,31 +36,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-#: The Caffe ImageNet mean pixel, in B, G, R order: what ``faceres-deep``'s author subtracts from its BGR input.
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-
-
 class PixelScale(nn.Module):
     """Fixed map from ImageNet-normalised RGB to ``(pixel_0_255 - offset) * scale`` (no parameters).
 
-    ``offset`` is one number or one per channel; ``bgr`` puts the channels in B, G, R order first (``offset``
-    is then in that order too).
+    ``offset`` is one number or one per channel.
     """
 
-    def __init__(self, offset: float | tuple[float, float, float] = 0.0, scale: float = 1.0, bgr: bool = False):
+    def __init__(self, offset: float | tuple[float, float, float] = 0.0, scale: float = 1.0):
         super().__init__()
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        if bgr:
-            std, mean = std.flip(1), mean.flip(1)
         off = torch.as_tensor(offset, dtype=torch.float32).reshape(-1, 1, 1)
-        self.bgr = bgr
         # x_norm = (p/255 - mean)/std  ->  p = 255 * (x_norm * std + mean)
         self.register_buffer("a", 255.0 * std * scale, persistent=False)
         self.register_buffer("b", (255.0 * mean - off) * scale, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.flip(1) if self.bgr else x) * self.a + self.b
+        return x * self.a + self.b
 
 
 def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
@@ -160,19 +152,13 @@ class FaceResMobileNet(_Backbone):
 
     features_dim = 1024
 
-    #: How the input reaches the first conv: ``rgb`` (pixel values 0-255, as the ``human`` library feeds the
-    #: graph) or ``bgr_mean`` (B, G, R minus the Caffe ImageNet mean: as the model's author feeds it).
-    INPUTS = ("rgb", "bgr_mean")
-
-    def __init__(self, num_classes: int = 8, dropout: float = 0.2, input: str = "rgb") -> None:
+    def __init__(self, num_classes: int = 8, dropout: float = 0.2) -> None:
         super().__init__()
-        if input not in self.INPUTS:
-            raise ValueError(f"input must be one of {', '.join(self.INPUTS)} (got {input!r})")
         # The original graph takes pixel values 0-255; here the first conv reads 0-1 and holds its kernel x 255
         # (the same outputs, zero padding included). Its kernel is then of the size of the others (~0.4, not
         # ~0.0015), so one optimizer step does not rewrite it: Adam's steps are about lr whatever the weight's
         # scale, and at 0-255 a 3e-4 step moved the first layer's weights by 20 % and training collapsed.
-        self.scale = PixelScale(CAFFE_MEAN_BGR, 1 / 255, bgr=True) if input == "bgr_mean" else PixelScale(0.0, 1 / 255)
+        self.scale = PixelScale(0.0, 1 / 255)  # RGB pixel values 0-255, as the ``human`` library feeds the graph
         layers = [ConvBN(3, 32, 3, 2)]
         cin = 32
         for cout, s in MOBILENET_V1:
@@ -307,10 +293,10 @@ MOBILEFACENET_BLOCKS = (
 
 
 def faceres_mobilenet(
-    num_classes: int = 8, pretrained: bool = False, weights: str | Path | None = None, input: str = "rgb", **_
+    num_classes: int = 8, pretrained: bool = False, weights: str | Path | None = None, **_
 ) -> nn.Module:
     """:class:`FaceResMobileNet`; ``pretrained``/``weights`` load ``faceres-deep`` (see :mod:`.pretrained`)."""
-    net = FaceResMobileNet(num_classes, input=input)
+    net = FaceResMobileNet(num_classes)
     if pretrained or weights:
         from .pretrained import pretrained_model_json
 
