@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from conftest import YUNET, shared_path
 
@@ -103,10 +104,23 @@ def test_tasks_one_video_each_images_grouped(collection):
 
 
 # ------------------------------------------------------------------ results
-def test_batch_equals_live_and_predict(collection, in_process, tmp_path):
-    """Every face row of the batch table is what `emolens live` (videos) and `emolens predict` (photos) give."""
+def test_one_face_record_live_batch_predict_api_and_server_agree_exactly(collection, in_process, tmp_path):
+    """Every output writes a face the same way (FaceResult.to_row): the batch table equals `emolens live`'s CSV
+    (videos) and `emolens predict`'s JSON and CSV, `emolens.predict(...).to_pandas()` and the server's answer
+    (photos), value for value (the batch table stores float32 of the same rounded numbers)."""
+    import emolens
+
     faces = _table(in_process / "faces.parquet")
     classes = [k[2:] for k in faces if k.startswith("p_")]
+    cols = ["track_id", "x", "y", "w", "h", "det_score", "label", "confidence", *[f"p_{c}" for c in classes]]
+
+    def batch_row(i):
+        return [faces[c][i] for c in cols]
+
+    def same(a, b):
+        pairs = list(zip(a, b, strict=True))
+        return all(x == y or (isinstance(y, float) and np.float32(x) == np.float32(y)) for x, y in pairs)
+
     for video in ("two_people.mp4", "one_person.mp4"):
         src = collection / "videos" / video
         rows_csv = tmp_path / f"{video}.csv"
@@ -115,26 +129,39 @@ def test_batch_equals_live_and_predict(collection, in_process, tmp_path):
         mine = [i for i, f in enumerate(faces["file"]) if f == str(src)]
         assert len(live) == len(mine) > 0
         for row, i in zip(live, mine, strict=True):
-            assert (int(row["frame"]), int(row["track_id"]), row["label"]) == (
-                faces["frame"][i],
-                faces["track_id"][i],
-                faces["label"][i],
-            )
-            assert float(row["time_s"]) == pytest.approx(faces["time_s"][i], abs=1e-3)
-            # the live CSV rounds probabilities to 5 decimals and boxes to 0.1 px
-            want = [float(row[f"p_{c}"]) for c in classes]
-            assert [faces[f"p_{c}"][i] for c in classes] == pytest.approx(want, abs=1e-4)
-            assert [faces[k][i] for k in "xywh"] == pytest.approx([float(row[k]) for k in "xywh"], abs=0.051)
-    out = tmp_path / "predict.json"
-    assert main(["predict", str(collection / "photos"), "--json", str(out), *_pipeline_flags()]) == 1  # truncated.png
+            assert (int(row["frame"]), float(row["time_s"])) == (faces["frame"][i], faces["time_s"][i])
+            want = [int(row["track_id"]), *(float(row[c]) for c in cols[1:6]), row["label"]]
+            want += [float(row[c]) for c in cols[7:]]
+            assert same(want, batch_row(i)), (want, batch_row(i))
+    out, out_csv = tmp_path / "predict.json", tmp_path / "predict.csv"
+    photos = collection / "photos"
+    assert main(["predict", str(photos), "--json", str(out), "--csv", str(out_csv), *_pipeline_flags()]) == 1
+    predict_csv = list(csv.DictReader(out_csv.open()))
+    pipe = emolens.load_model(detector="yunet", detector_model=str(YUNET), threads=1)
+    from fastapi.testclient import TestClient
+
+    from emolens.serve import ServeSettings, create_app
+
+    app = create_app(ServeSettings(data_dir=tmp_path / "srv", pipeline=_settings(), hosts=["testserver"]))
     n = 0
-    for rec in json.loads(out.read_text())["images"]:
-        mine = [i for i, f in enumerate(faces["file"]) if f == rec["file"]]
-        assert len(mine) == len(rec["faces"])
-        for face, i in zip(rec["faces"], mine, strict=True):
-            assert faces["label"][i] == face["label"] and faces["track_id"][i] is None and faces["frame"][i] == 0
-            assert [faces[f"p_{c}"][i] for c in classes] == pytest.approx(list(face["probs"].values()), abs=1e-4)
-            n += 1
+    with TestClient(app) as client:
+        for rec in json.loads(out.read_text())["images"]:
+            mine = [i for i, f in enumerate(faces["file"]) if f == rec["file"]]
+            assert len(mine) == len(rec["faces"])
+            if not mine:
+                continue
+            frame = emolens.predict(rec["file"], model=pipe).to_pandas()
+            served = client.post("/v1/predict", files={"file": ("x.jpg", open(rec["file"], "rb").read())}).json()
+            csv_rows = [r for r in predict_csv if r["file"] == rec["file"]]
+            for k, (face, i) in enumerate(zip(rec["faces"], mine, strict=True)):
+                as_row = [face["track_id"], *face["box"].values(), face["det_score"], face["label"]]
+                as_row += [face["confidence"], *face["probs"].values()]
+                assert same(as_row, batch_row(i)), (as_row, batch_row(i))
+                assert served["faces"][k] == face  # the server's record is predict's
+                assert frame.loc[k, cols[1:]].tolist() == as_row[1:] and frame.loc[k, "file"] == rec["file"]
+                c = csv_rows[k]
+                assert [float(c[x]) for x in "xywh"] + [c["label"], float(c["confidence"])] == as_row[1:5] + as_row[6:8]
+                n += 1
     assert n >= 8  # the real photos do give faces
 
 

@@ -712,3 +712,28 @@ def test_thin_videos_play_and_frames_over_the_limit_are_refused_before_decoding(
     lie.write_bytes(bytes(data))
     with pytest.raises(SourceError, match="16000x16000 px, over the 120 MP limit"):
         FrameSource(str(lie))
+
+
+def test_python_api_predict_returns_faces_with_a_dataframe_a_drawing_and_a_file(tmp_path):
+    """`emolens.predict(path)`: a list of faces (no track: a photo stands alone) that also gives a DataFrame with
+    one row per face, the annotated image, and saves it; an image without faces gives an empty frame."""
+    import emolens
+
+    pd = pytest.importorskip("pandas")
+    photo = tmp_path / "two.jpg"
+    face = cv2.copyMakeBorder(sample_face(), 60, 60, 90, 90, cv2.BORDER_CONSTANT)
+    cv2.imwrite(str(photo), np.hstack([face, face]))
+    pipe = emolens.load_model(detector="haar", threads=1)
+    faces = emolens.predict(photo, model=pipe)
+    assert len(faces) == 2 and all(f.label == "happiness" and f.track_id is None for f in faces)
+    df = faces.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 2 and list(df["label"]) == ["happiness"] * 2
+    assert list(df.columns[:7]) == ["file", "frame", "track_id", "x", "y", "w", "h"]
+    assert df["file"].tolist() == [str(photo)] * 2 and df["right_eye_x"].isna().all()  # Haar gives no landmarks
+    assert df.filter(like="p_").sum(axis=1).round(3).tolist() == [1.0, 1.0]
+    assert df.loc[0, "confidence"] == faces[0].to_record()["confidence"]
+    drawn = faces.plot()
+    assert drawn.shape == faces.image.shape and (drawn != faces.image).any()  # boxes drawn on a copy
+    assert cv2.imread(str(faces.save(tmp_path / "out.png"))).shape == drawn.shape
+    empty = emolens.predict(np.zeros((120, 160, 3), np.uint8), model=pipe)
+    assert len(empty) == 0 and empty.to_pandas().empty and list(empty.to_pandas().columns) == list(df.columns)

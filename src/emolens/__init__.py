@@ -4,6 +4,8 @@
 >>> faces = emolens.predict("photo.jpg")              # doctest: +SKIP
 >>> [(f.label, round(f.confidence, 2)) for f in faces]  # doctest: +SKIP
 [('happiness', 0.93)]
+>>> faces.to_pandas()                                   # doctest: +SKIP  (one row per face; needs pandas)
+>>> faces.save("photo_emolens.jpg")                     # doctest: +SKIP  (boxes and labels drawn)
 
 Everything heavy (PyTorch, OpenCV) is imported on first use, so ``import emolens`` is instant.
 """
@@ -28,7 +30,8 @@ from .labels import CLASSES, CLASSES_7  # noqa: E402
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-    from .live.pipeline import FaceResult, FrameResult, Pipeline
+    from .live.pipeline import FrameResult, Pipeline
+    from .live.results import Results
 
 __version__ = "0.1.0"
 __all__ = ["CLASSES", "CLASSES_7", "__version__", "load_model", "predict", "stream"]
@@ -58,10 +61,9 @@ def _pipeline(model: Pipeline | None) -> Pipeline:
     return _default
 
 
-def predict(
-    image: str | Path | np.ndarray | Any, model: Pipeline | None = None, whole_image: bool = False
-) -> list[FaceResult]:
-    """Every face in one image: a file path, or a uint8 array (OpenCV BGR, or grey).
+def predict(image: str | Path | np.ndarray | Any, model: Pipeline | None = None, whole_image: bool = False) -> Results:
+    """Every face in one image: a file path, or a uint8 array (OpenCV BGR, or grey), as a
+    :class:`~emolens.live.results.Results`: a list of faces with ``.to_pandas()``, ``.plot()`` and ``.save()``.
 
     Each call is independent of earlier ones (no tracking or smoothing across calls). ``whole_image``
     treats the image as one face crop. ``model`` is a pipeline from :func:`load_model` (default: the
@@ -70,16 +72,17 @@ def predict(
     import numpy as np
 
     from .imageio import DataError, to_uint8_channels
-    from .live.images import predict_frame, read_bgr
+    from .live.images import display_name, predict_frame, read_bgr
+    from .live.results import Results
 
     pipe = _pipeline(model)
     if isinstance(image, (str, Path)):
-        frame = read_bgr(Path(image))
+        frame, source = read_bgr(Path(image)), display_name(image)
     elif isinstance(image, np.ndarray):
-        frame = to_uint8_channels(image, 3, source="array", bgr=True)[:, :, ::-1].copy()  # -> BGR
+        frame, source = to_uint8_channels(image, 3, source="array", bgr=True)[:, :, ::-1].copy(), ""  # -> BGR
     else:
         raise DataError(f"predict takes a file path or a numpy array, not {type(image).__name__}")
-    return predict_frame(pipe, frame, whole_image)
+    return Results(predict_frame(pipe, frame, whole_image), frame, pipe.classes, source)
 
 
 def stream(

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..live.results import face_columns as live_face_columns
 from ..live.settings import PipelineSettings
-from ..live.writers import face_columns as live_face_columns
 from .inputs import MediaFile
 
 
@@ -44,19 +44,9 @@ class Rows:
         self.labels: Counter = Counter()
 
     def add(self, file: str, frame: int, time_s: float, faces: list, track: bool) -> None:
-        c = self.cols
-        for f in faces:
-            c["file"].append(file)
-            c["frame"].append(frame)
-            c["time_s"].append(float(time_s))
-            c["track_id"].append(int(f.track_id) if track else None)
-            for k, v in zip("xywh", f.box, strict=True):
-                c[k].append(float(v))
-            c["det_score"].append(float(f.det_score))
-            c["label"].append(f.label)
-            c["confidence"].append(float(f.confidence))
-            for name, p in zip(self.classes, f.probs, strict=True):
-                c[f"p_{name}"].append(float(p))
+        for f in faces:  # the live CSV's row (FaceResult.to_row), so the tables agree to the digit
+            for name, v in zip(self.cols, [file, frame, round(float(time_s), 4), *f.to_row(track)], strict=True):
+                self.cols[name].append(v)
             self.labels[f.label] += 1
 
     def __len__(self) -> int:

@@ -107,11 +107,8 @@ def _unique_name(stem: str, taken: set[str]) -> str:
 def predict_frame(pipeline: Pipeline, frame: np.ndarray, whole_image: bool = False) -> list:
     """Faces of one still BGR image, independent of anything processed before or after (no tracking or
     smoothing carried over). ``whole_image`` classifies the image itself as one face crop."""
-    pipeline.reset()
     faces = [Face(np.array([0, 0, frame.shape[1], frame.shape[0]], np.float32))] if whole_image else None
-    results = pipeline.process(frame, 0, faces=faces, exact=whole_image)
-    pipeline.reset()
-    return results
+    return pipeline.process(frame, 0, faces=faces, exact=whole_image, still=True)
 
 
 def _reason(e: BaseException, path: Path) -> str:

@@ -20,55 +20,13 @@ from .classifier import EmotionClassifier
 from .crop import crop_faces
 from .detectors import Face, FaceDetector, create_detector
 from .render import draw_faces
+from .results import FaceResult, clip_box, face_columns  # noqa: F401 - re-exported
 from .smoothing import Smoother
 from .sources import FrameSource
 from .tracker import IoUTracker
 from .writers import RowWriter, Summary, open_video_writer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FaceResult:
-    """One face in one frame: box, track ID, smoothed probabilities and label.
-
-    ``box`` is ``(x, y, w, h)`` in pixels of the frame, clipped to it; records (:meth:`to_record`, the
-    JSON of ``emolens predict``, the HTTP API) write it as ``{"x", "y", "w", "h"}``, CSV rows as
-    columns ``x, y, w, h``.
-    """
-
-    box: np.ndarray
-    track_id: int
-    probs: np.ndarray
-    label: str
-    confidence: float
-    det_score: float = 1.0
-    raw_probs: np.ndarray | None = field(default=None, repr=False)
-    classes: tuple[str, ...] = field(default=(), repr=False)
-
-    def to_record(self, track: bool = True) -> dict:
-        """Plain JSON-able dict: box, track_id (``None`` unless ``track``), det_score, label, confidence, probs."""
-        return {
-            "box": dict(zip("xywh", (round(float(v), 1) for v in self.box), strict=True)),
-            "track_id": self.track_id if track else None,
-            "det_score": round(float(self.det_score), 4),
-            "label": self.label,
-            "confidence": round(float(self.confidence), 5),
-            "probs": {c: round(float(p), 5) for c, p in zip(self.classes, self.probs, strict=True)},
-        }
-
-    def to_json(self, track: bool = True) -> str:
-        import json
-
-        return json.dumps(self.to_record(track))
-
-
-def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``(x, y, w, h)`` cut to the part inside a ``width`` x ``height`` frame."""
-    x, y, w, h = (float(v) for v in box)
-    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-    x1, y1 = min(max(x + w, x0), width), min(max(y + h, y0), height)
-    return np.array([x0, y0, x1 - x0, y1 - y0], np.float32)
 
 
 @dataclass
@@ -148,16 +106,32 @@ class Pipeline:
         faces: list[Face] | None = None,
         exact: bool = False,
         classify: bool = True,
+        still: bool = False,
     ) -> list[FaceResult]:
         """Detect (unless ``faces`` given), classify, track and smooth the faces of one BGR frame.
 
         ``exact`` classifies the given ``faces`` boxes as they are instead of cutting the FER-like crop.
         ``classify=False`` (``--every N``'s in-between frames) still detects and tracks every face, but
         reuses each known track's last probabilities; only faces of new tracks are classified.
+        ``still``: a photo, on its own: no tracking and no smoothing (``track_id`` is ``None``), nothing kept.
         """
         t = time.perf_counter()
         if faces is None:
             faces = self.detector.detect(frame)
+        if still:
+            t1 = time.perf_counter()
+            probs_still = self.classify(frame, faces, exact) if faces else []
+            t2 = time.perf_counter()
+            H, W = frame.shape[:2]
+            classes = tuple(self.classes)
+            out = []
+            for f, p in zip(faces, probs_still, strict=True):
+                k = int(np.argmax(p))
+                box = clip_box(f.box, W, H)
+                out.append(FaceResult(box, None, p, classes[k], float(p[k]), f.score, p, classes, f.landmarks))
+            self.timer.add("detect", t1 - t)
+            self.timer.add("classify", t2 - t1)
+            return out
         ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
         self.smoother.drop(dropped)
         for tid in dropped:
@@ -179,7 +153,8 @@ class Pipeline:
                 sp = self.smoother.update(tid, p)
                 self._held[tid] = (sp, p)
             k = int(np.argmax(sp))
-            out.append(FaceResult(clip_box(f.box, W, H), tid, sp, classes[k], float(sp[k]), f.score, p, classes))
+            box = clip_box(f.box, W, H)
+            out.append(FaceResult(box, tid, sp, classes[k], float(sp[k]), f.score, p, classes, f.landmarks))
         t3 = time.perf_counter()
         self.timer.add("detect", t1 - t)  # (with tracking)
         self.timer.add("classify", t2 - t1)

@@ -12,13 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .results import face_columns
+
 log = logging.getLogger(__name__)
-
-
-def face_columns(classes: Sequence[str]) -> list[str]:
-    """The columns of one face in every per-face table (live CSV/JSON lines, batch Parquet): track, box,
-    detector score, label, confidence, then one probability per class."""
-    return ["track_id", "x", "y", "w", "h", "det_score", "label", "confidence", *[f"p_{c}" for c in classes]]
 
 
 class RowWriter:
@@ -41,17 +37,7 @@ class RowWriter:
 
     def write(self, frame: int, time_s: float, results: Sequence, source: str = "") -> None:
         for r in results:
-            vals = [
-                frame,
-                round(time_s, 4),
-                source,
-                r.track_id,
-                *(round(float(v), 1) for v in r.box),
-                round(r.det_score, 4),
-                r.label,
-                round(r.confidence, 5),
-                *(round(float(p), 5) for p in r.probs),
-            ]
+            vals = [frame, round(time_s, 4), source, *r.to_row()]
             if self.json:
                 self._f.write(json.dumps(dict(zip(self.columns, vals, strict=True))) + "\n")
             else:
