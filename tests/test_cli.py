@@ -279,7 +279,7 @@ def test_cli_python_and_serve_share_one_settings_object(monkeypatch):
 
     from emolens.cli import build_parser
     from emolens.live.settings import PipelineSettings
-    from emolens.serve.app import ServeSettings, settings_env
+    from emolens.serve.settings import ServeSettings, settings_env
 
     p = build_parser()
     for args in (["live"], ["serve"], ["predict", "x.jpg"]):
@@ -363,7 +363,7 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     changes = (
         (["--lr", "0.5"], "--lr (0.001 -> 0.5)"),
         (["--optimizer", "sgd"], "--optimizer"),
-        (["--loss", "logit_adjusted"], "--loss (ce -> logit_adjusted)"),
+        (["--loss", "logit_adjusted"], "--loss ('ce' -> 'logit_adjusted')"),
     )
     for flags, named in changes:
         capsys.readouterr()

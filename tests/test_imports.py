@@ -92,3 +92,13 @@ def test_the_package_has_no_import_cycle():
         graphlib.TopologicalSorter({m: {d for d in deps if d in graph} for m, deps in graph.items()}).prepare()
     except graphlib.CycleError as e:
         raise AssertionError(f"import cycle: {' -> '.join(e.args[1])}") from None
+
+
+def test_no_module_is_over_500_lines():
+    from pathlib import Path
+
+    import emolens
+
+    src = Path(emolens.__file__).parent
+    long = {str(p.relative_to(src)): n for p in src.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}

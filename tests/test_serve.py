@@ -458,7 +458,7 @@ def test_decoding_runs_off_the_event_loop_with_at_most_work_slots_images_at_once
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from emolens.serve import app as app_module
+    from emolens.serve import uploads as app_module
 
     seen = {"on_loop": 0, "now": 0, "peak": 0, "calls": 0}
     guard = threading.Lock()
@@ -543,7 +543,7 @@ def test_serve_flags_reach_the_settings(monkeypatch):
 def test_api_keys_never_reach_the_access_log(tmp_path, caplog):
     import logging
 
-    from emolens.serve.app import RedactKeys
+    from emolens.serve.guards import RedactKeys
 
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',

@@ -7,324 +7,45 @@ import errno
 import json
 import logging
 import os
-import re
 import shutil
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import cv2
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel
 
 from .. import __version__
-from ..imageio import DataError, ImageTooLarge, decode_image, header_size, other_header_size
 from ..live.classifier import default_threads
-from ..live.container import coded_frame_size, frame_size, sniff
 from ..live.pipeline import FaceResult, Pipeline
 from ..live.settings import PipelineSettings
 from ..options import PIPELINE, SERVE, check_fields
 from .folders import default_data_dir, private_data_dir
+from .guards import MULTIPART_SLACK, BodyLimit, access_problem, redact_access_log
 from .jobs import DiskFull, Job, JobQueue, QueueFull
+from .schemas import JobOut, ModelInfo, PredictOut
+from .settings import LOOPBACK, ServeSettings, settings_env  # noqa: F401 - re-exported
+from .uploads import (  # noqa: F401 - BIG_PIXELS, WORK_SLOTS re-exported
+    BIG_PIXELS,
+    IMAGE_TYPE_BY_EXT,
+    IMAGE_TYPES,
+    VIDEO_EXT,
+    VIDEO_TYPES,
+    WORK_SLOTS,
+    WorkPool,
+    _check_video,
+    _decode_image,
+    _media_type,
+    _read_limited,
+    spool_uploads_in,
+)
 
 log = logging.getLogger(__name__)
-
-IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/webp", "image/tiff"}
-VIDEO_TYPES = {"video/mp4", "video/x-msvideo", "video/avi", "video/quicktime", "video/webm", "video/x-matroska"}
-VIDEO_EXT = {
-    "video/mp4": ".mp4",
-    "video/x-msvideo": ".avi",
-    "video/avi": ".avi",
-    "video/quicktime": ".mov",
-    "video/webm": ".webm",
-    "video/x-matroska": ".mkv",
-}
-
-
-GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
-IMAGE_EXT = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".bmp": "image/bmp",
-    ".webp": "image/webp",
-}
-
-
-def _media_type(upload: UploadFile, allowed: set[str], by_ext: dict[str, str]) -> str:
-    """The upload's type; a generic one (curl's default ``application/octet-stream``) is taken from the file
-    name's extension. The bytes are decoded afterwards, so a wrong guess is still rejected (400)."""
-    ctype = (upload.content_type or "").split(";")[0].strip().lower()
-    if ctype in allowed:
-        return ctype
-    guess = by_ext.get(Path(upload.filename or "").suffix.lower())
-    if ctype in GENERIC_TYPES and guess:
-        return guess
-    raise HTTPException(415, f"unsupported type {upload.content_type!r}; send one of {sorted(allowed)}")
-
-
-@dataclass
-class ServeSettings:
-    """Limits and locations. Nothing is written outside ``data_dir``. Limits are checked against
-    :data:`emolens.options.SERVE` when the object is made and again by :func:`create_app`."""
-
-    data_dir: Path = field(default_factory=default_data_dir)  # private: $TMPDIR/emolens-serve-<uid>, mode 0700
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)  # model, detector, crop, threads...
-    max_image_mb: float = 10.0
-    max_video_mb: float = 200.0
-    max_image_side: int = 8000
-    request_timeout_s: float = 20.0
-    body_timeout_s: float = 10.0  # a request body that sends nothing for this long is dropped (408), as nginx's
-    # client_body_timeout: a slow client cannot hold an admission slot by sending a few bytes and waiting
-    job_timeout_s: float = 600.0
-    max_queued_jobs: int = 4
-    max_pending: int = 8  # predictions in flight (uploading, waiting, running) per worker before 503
-    max_streams: int = 8  # open live WebSockets per worker; more are closed at once (1013, try again later)
-    max_video_side: int = 4096  # larger video frames are refused from the container header, before FFmpeg
-    keep_hours: float = 24.0  # finished jobs are deleted this long after they end
-    max_disk_gb: float = 10.0  # the oldest finished jobs are deleted while the jobs take more; then 507
-    workers: int = 1  # worker processes sharing this machine (for the threads default)
-    allow_origins: list[str] = field(default_factory=list)  # other web origins that may call the API
-    hosts: list[str] = field(default_factory=list)  # Host names besides loopback the server answers ("*": any)
-    api_key: str | None = None  # required (X-API-Key header or ?api_key=) when set
-
-    def __post_init__(self) -> None:
-        check_fields(self, SERVE)
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-#: Images decoded and analysed at once (per worker process). Uploads and frames waiting for a slot hold only
-#: their compressed bytes; a decoded image may take ``max_image_side**2 * 3`` bytes (192 MB at 8000 px).
-WORK_SLOTS = 2
-#: An image whose header claims more pixels than this takes every slot: it is decoded and analysed alone.
-BIG_PIXELS = 4096 * 4096
-
-
-def _work_weight(data: bytes) -> int:
-    """Slots an upload takes: all of them for a big image (from its header, nothing decoded), else one."""
-    size = header_size(data) or other_header_size(data)
-    return WORK_SLOTS if size and size[0] * size[1] > BIG_PIXELS else 1
-
-
-#: Bytes a multipart body may carry beyond its file (boundaries, part headers).
-MULTIPART_SLACK = 64 * 1024
-#: Paths served without an API key: the page itself, the docs and the liveness probe.
-OPEN_PATHS = ("/", "/healthz", "/docs", "/redoc", "/openapi.json", "/static-offline-docs")
-
-
-def _host_name(host_header: str) -> str:
-    h = host_header.strip().lower()
-    if h.startswith("["):  # [::1]:8000
-        return h[1 : h.find("]")]
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-
-
-def access_problem(s: ServeSettings, headers, path: str, query_key: str | None) -> tuple[int, str] | None:
-    """Why a request (or WebSocket handshake) must be refused, as ``(status, reason)``, or ``None``.
-
-    Host must be loopback or in ``s.hosts`` (DNS rebinding); a browser ``Origin`` must be this server's own or
-    in ``s.allow_origins`` (cross-site requests and WebSocket hijacking; ``Origin: null`` only when listed there as
-    ``null``, not by ``*``); the API key must match when set.
-    """
-    host = headers.get("host", "")
-    if "*" not in s.hosts and _host_name(host) not in (*LOOPBACK, *(h.lower() for h in s.hosts)):
-        return 400, f"Host {host!r} is not served here (emolens serve --allowed-host)"
-    origin = headers.get("origin")
-    if origin == "null":  # sandboxed iframes and file:// pages: any page can be one, so only if asked for
-        if "null" not in s.allow_origins:
-            return 403, "requests from an opaque origin ('null') refused (emolens serve --allow-origin null)"
-    elif origin:
-        from urllib.parse import urlsplit
-
-        if (
-            urlsplit(origin).netloc.lower() != host.lower()
-            and origin not in s.allow_origins
-            and "*" not in s.allow_origins
-        ):
-            return 403, f"cross-origin request from {origin!r} refused (emolens serve --allow-origin)"
-    if s.api_key and not (path in OPEN_PATHS or path.startswith("/static-offline-docs/")):
-        import hmac
-
-        key = headers.get("x-api-key") or query_key or ""
-        if not hmac.compare_digest(key.encode(), s.api_key.encode()):
-            return 401, "missing or wrong API key (X-API-Key header or ?api_key=)"
-    return None
-
-
-class Box(BaseModel):
-    x: float
-    y: float
-    w: float
-    h: float
-
-
-class FaceOut(BaseModel):
-    box: Box
-    track_id: int | None = None
-    det_score: float
-    label: str
-    confidence: float
-    probs: dict[str, float]
-
-
-class PredictOut(BaseModel):
-    width: int
-    height: int
-    faces: list[FaceOut]
-
-
-class JobOut(BaseModel):
-    id: str
-    status: str
-    progress: float
-    frames_done: int
-    frames_total: int | None = None
-    error: str | None = None
-    summary: dict | None = None
-    created: float
-
-
-class ModelInfo(BaseModel):
-    version: str
-    model: str
-    checkpoint: str
-    classes: list[str]
-    preprocess: dict
-    detector: str
-    limits: dict
 
 
 def _faces_out(results: list[FaceResult], with_track: bool) -> list[dict]:
     return [r.to_record(track=with_track) for r in results]
-
-
-def _check_video(path: Path, max_side: int) -> None:
-    """Refuse bytes that are no video container (400), and frames over ``max_side`` (413) or of a size the
-    header does not declare (400), from the container header alone: FFmpeg never sees a refused file. Then
-    the size the codec will really decode (a header can lie) from FFmpeg's parser, and the first frame through
-    OpenCV, which the job reads with (400 if it cannot)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if sniff(head) is None:
-        raise HTTPException(400, "the uploaded file is not a video (MP4, MOV, AVI, MKV or WebM)")
-    size = frame_size(path)
-    if size is None:
-        raise HTTPException(400, "the video's header declares no frame size (damaged or unusual file)")
-    if max(size) > max_side:
-        raise HTTPException(413, f"video frames are {size[0]}x{size[1]}; the limit is {max_side} px per side")
-    try:
-        coded = coded_frame_size(path)
-    except ValueError:
-        coded = None
-    if coded is None:
-        raise HTTPException(400, "the uploaded file is not a readable video")
-    if max(coded) > max_side:
-        raise HTTPException(
-            413, f"video frames are {coded[0]}x{coded[1]} (the header says {size[0]}x{size[1]}); "
-            f"the limit is {max_side} px per side"
-        )  # fmt: skip
-    cap = cv2.VideoCapture(str(path))
-    ok = cap.isOpened() and cap.read()[0]
-    cap.release()
-    if not ok:
-        raise HTTPException(400, "the uploaded file is not a readable video")
-
-
-def _decode_image(data: bytes, max_side: int) -> np.ndarray:
-    """Decode an upload, refusing (413) from its header alone an image over ``max_side`` px per side."""
-    try:
-        img = decode_image(data, "upload", max_pixels=max_side * max_side, flags=cv2.IMREAD_COLOR, max_side=max_side)
-    except ImageTooLarge as e:
-        raise HTTPException(413, str(e)) from None
-    except DataError:
-        raise HTTPException(400, "the uploaded file is not a readable image") from None
-    if max(img.shape[:2]) > max_side:
-        raise HTTPException(413, f"image is {img.shape[1]}x{img.shape[0]}; the limit is {max_side} px per side")
-    return img
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over its route's limit is refused (413, JSON) while it streams in: at
-    once when ``Content-Length`` says so (nothing is read), else as soon as the bytes received pass the limit.
-    So no more than the limit (plus one network chunk) ever reaches the upload spool on disk.
-
-    ``limits``: path -> (limit in MB for the message, limit in bytes); other paths get 1 MB.
-    """
-
-    def __init__(self, app, limits: dict[str, tuple[float, int]], idle_s: float = 10.0) -> None:
-        self.app, self.limits, self.idle_s = app, limits, idle_s
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        mb, limit = self.limits.get(scope["path"], (1.0, 2**20))
-        detail, status = f"upload larger than the {mb:g} MB limit", 413
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            status = 413 if length.isdigit() else 400
-            response = JSONResponse({"detail": detail if status == 413 else "bad Content-Length"}, status_code=status)
-            return await response(scope, receive, send)
-        seen, over, answered = 0, False, False
-
-        async def limited():
-            nonlocal seen, over, status, detail
-            if over:
-                return {"type": "http.disconnect"}
-            try:
-                message = await asyncio.wait_for(receive(), self.idle_s)
-            except asyncio.TimeoutError:  # the client stopped sending mid-body (or trickles): drop it
-                over, status = True, 408
-                detail = f"the request body stalled (nothing received for {self.idle_s:g} s)"
-                return {"type": "http.disconnect"}
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:  # stop reading: to the app, the client has gone (it stops parsing)
-                    over = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def refuse() -> None:
-            nonlocal answered
-            if not answered:
-                answered = True
-                await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(
-                    scope, receive, send
-                )
-
-        async def guarded_send(message) -> None:
-            if over:  # whatever the app answers to the "disconnect", the client gets the 413
-                return await refuse()
-            await send(message)
-
-        try:
-            await self.app(scope, limited, guarded_send)
-        except Exception:
-            if not over:
-                raise
-        if over:
-            await refuse()
-
-
-async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes:
-    """Read an upload in chunks, stopping with 413 as soon as it passes ``limit_mb``."""
-    limit, size, chunks = int(limit_mb * 2**20), 0, []
-    while chunk := await upload.read(1 << 20):
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"upload larger than the {limit_mb:g} MB limit")
-        if dest is not None:
-            dest.write(chunk)
-        else:
-            chunks.append(chunk)
-    if size == 0:
-        raise HTTPException(400, "empty upload")
-    return b"".join(chunks)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -392,47 +113,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     admitted = [0]  # predictions being uploaded, waiting or running
     streams = [0]  # open live WebSockets
-    # Decoding and inference run off the event loop (which keeps answering /healthz and reading uploads), in a
-    # pool of WORK_SLOTS threads; a slot is held from decoding until the work returns, so at most WORK_SLOTS
-    # decoded images exist however many uploads and WebSocket frames arrive.
-    pool = ThreadPoolExecutor(WORK_SLOTS, thread_name_prefix="emolens-work")
-    slots = asyncio.Semaphore(WORK_SLOTS)
-    whole_pool = asyncio.Lock()  # one big image gathers its slots at a time (two halfway would deadlock)
-
-    def release(n: int) -> None:
-        for _ in range(n):
-            slots.release()
-
-    async def take(n: int) -> None:
-        if n == 1:
-            return await slots.acquire()
-        async with whole_pool:
-            taken = 0
-            try:
-                while taken < n:
-                    await slots.acquire()
-                    taken += 1
-            except BaseException:  # timed out while gathering: give back what was taken
-                release(taken)
-                raise
-
-    async def in_work_slot(fn, data: bytes, timeout: float | None = None):
-        """``fn()`` in the work pool once its slots are free (:func:`_work_weight` of the upload ``data``);
-        ``TimeoutError`` if that takes over ``timeout`` s in all. The slots stay taken until ``fn`` returns,
-        even after a timeout (its memory is still in use)."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        n = _work_weight(data)
-        async with asyncio.timeout_at(deadline):
-            await take(n)
-        try:
-            fut = loop.run_in_executor(pool, fn)
-        except BaseException:
-            release(n)
-            raise
-        fut.add_done_callback(lambda _: release(n))
-        async with asyncio.timeout_at(deadline):
-            return await asyncio.shield(fut)
+    work = WorkPool()  # decoding and inference off the event loop, at most WORK_SLOTS images at once
 
     video_bytes = int(s.max_video_mb * 2**20) + MULTIPART_SLACK
 
@@ -521,11 +202,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         At most ``max_pending`` predictions wait at a time (503 + ``Retry-After`` beyond); one that passes the
         time limit (504) is dropped if it has not started yet.
         """
-        _media_type(file, IMAGE_TYPES, IMAGE_EXT)
+        _media_type(file, IMAGE_TYPES, IMAGE_TYPE_BY_EXT)
         data = await _read_limited(file, s.max_image_mb)
         cancelled = threading.Event()
 
-        def work():
+        def decode_and_predict():
             img = _decode_image(data, s.max_image_side)
             with lock:
                 if cancelled.is_set():  # its client has had a 504 already: don't spend the time
@@ -533,7 +214,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 return img.shape, fresh_pipeline().process(img)
 
         try:
-            (height, width, _), results = await in_work_slot(work, data, s.request_timeout_s)
+            (height, width, _), results = await work.run(decode_and_predict, data, s.request_timeout_s)
         except TimeoutError:
             cancelled.set()
             raise HTTPException(504, f"prediction took longer than {s.request_timeout_s:g} s") from None
@@ -660,13 +341,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                     continue
                 data = latest.pop()
 
-                def work(data=data, i=frame_no):
+                def decode_and_track(data=data, i=frame_no):
                     img = _decode_image(data, s.max_image_side)
                     with lock:
                         return img.shape, pipe.process(img, i)
 
                 try:
-                    (height, width, _), results = await in_work_slot(work, data)
+                    (height, width, _), results = await work.run(decode_and_track, data)
                 except HTTPException as e:
                     await send({"error": e.detail})
                     continue
@@ -687,13 +368,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     return app
 
 
-def settings_env(s: ServeSettings) -> dict[str, str]:
-    """``s`` as the ``EMOLENS_SERVE_SETTINGS`` variable (JSON) that :func:`app_from_env` reads back."""
-    d = asdict(s)
-    d["data_dir"] = str(s.data_dir)
-    return {"EMOLENS_SERVE_SETTINGS": json.dumps(d)}
-
-
 def app_from_env() -> FastAPI:
     """App factory for multi-worker uvicorn (``--factory``): settings from ``$EMOLENS_SERVE_SETTINGS``."""
     d = json.loads(os.environ.get("EMOLENS_SERVE_SETTINGS") or "{}")
@@ -701,33 +375,3 @@ def app_from_env() -> FastAPI:
     if "data_dir" in d:
         d["data_dir"] = Path(d["data_dir"])
     return create_app(ServeSettings(pipeline=pipeline, **d))
-
-
-class RedactKeys(logging.Filter):
-    """Hide ``api_key=`` values in log lines (uvicorn's access log prints every request's query)."""
-
-    PATTERN = re.compile(r"(api_key=)[^&\s\"]*", re.IGNORECASE)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.PATTERN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str):
-            record.msg = self.PATTERN.sub(r"\1***", record.msg)
-        return True
-
-
-def redact_access_log() -> None:
-    """Install :class:`RedactKeys` on uvicorn's access log (once)."""
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactKeys) for f in access.filters):
-        access.addFilter(RedactKeys())
-
-
-def spool_uploads_in(folder: Path) -> None:
-    """Make this process's temporary files (uploads spooled by the multipart parser) go to ``folder``, and
-    remove what a killed server left there. The server writes nowhere outside its data folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.iterdir():
-        if time.time() - stale.stat().st_mtime > 3600:  # (recent ones may be another worker's upload)
-            stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale, ignore_errors=True)
-    tempfile.tempdir = str(folder)

@@ -11,52 +11,53 @@ from ..options import DATASETS, DEVICE, Limit, OneOf, Range, check_fields
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (defaults follow the paper: batch 64, 50 epochs, weighted CE)."""
+    """Everything that defines a training run (defaults follow the paper: batch 64, 50 epochs, weighted CE).
+    What each field means: :data:`HELP` (the ``emolens train`` flags' help, in the groups of :data:`GROUPS`)."""
 
     dataset: str = "ferplus"
     root: str = ""
-    extra_data: list[str] = field(default_factory=list)  # more datasets, KIND=ROOT[*N or *share], one label space
+    extra_data: list[str] = field(default_factory=list)
     model: str = "fernet"
     out: str = "runs/exp"
     pretrained: bool = False
-    weights: str | None = None  # local backbone weights file
-    init: str | None = None  # start from the weights of an emolens checkpoint (fine-tuning)
-    image_size: int | None = None  # None: the model's default
-    channels: int | None = None  # None: the model's default
-    protocol: str = "paper"  # AffectNet: paper 80/10/10 or official val
-    freeze_bn: bool = False  # BatchNorm statistics kept as loaded (eval mode); scale/shift still trained
-    backbone_lr: float = 1.0  # learning rate of the backbone relative to the head's (models with a new head)
-    head_warmup_epochs: int = 0  # first epochs train the new head only (backbone frozen, cheap on a CPU)
+    weights: str | None = None
+    init: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    protocol: str = "paper"
+    freeze_bn: bool = False
+    backbone_lr: float = 1.0
+    head_warmup_epochs: int = 0
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adamw | sgd
-    schedule: str = "cosine"  # cosine | onecycle | none
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
     warmup_epochs: int = 0
-    class_weights: bool = True  # the paper's class-weighted cross-entropy
-    loss: str = "ce"  # ce | logit_adjusted (Menon et al. 2021: CE on logits + log prior)
-    la_prior: str = "mix"  # mix: the training mix's class prior | dataset: each face's own dataset's prior
-    balanced_sampler: bool = False  # the paper's future work: class-balanced mini-batches
+    class_weights: bool = True
+    loss: str = "ce"
+    la_prior: str = "mix"
+    balanced_sampler: bool = False
     label_smoothing: float = 0.0
-    soft_labels: bool = False  # train on FER+ vote distributions
-    mixup: float = 0.0  # MixUp Beta(a, a) parameter (0: off)
-    cutmix: float = 0.0  # CutMix Beta(a, a) parameter (0: off); with both, one of them per batch
-    teacher: str | None = None  # knowledge distillation: an emolens checkpoint (an ensemble too) to learn from
-    kd_weight: float = 0.5  # share of the loss that is distillation (the rest: the labels)
+    soft_labels: bool = False
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    teacher: str | None = None
+    kd_weight: float = 0.5
     kd_temperature: float = 2.0
-    teacher_views: str = "single"  # single | flip | shift-flip: the teacher averages its answers over these views
-    teacher_offline: bool = False  # the teacher answers once per un-augmented face before training (cheap on CPU)
-    augment: str = "default"  # none | light | default
-    augment_on_device: bool = False  # hold the training faces on the device and augment whole batches there (GPU)
-    select_metric: str = "macro_f1"  # accuracy | balanced_accuracy | macro_f1 | set_balanced_accuracy | loss
-    amp: bool = True  # bf16 autocast where it is native: CUDA, and CPUs with AMX / AVX512-BF16
+    teacher_views: str = "single"
+    teacher_offline: bool = False
+    augment: str = "default"
+    augment_on_device: bool = False
+    select_metric: str = "macro_f1"
+    amp: bool = True
     channels_last: bool = True
     seed: int = 0
     workers: int = 2
-    cache: bool = True  # decoded-face memmap cache
-    on_error: str = "skip"  # skip | raise for unreadable images
-    max_samples: int | None = None  # cap train/val size (quick experiments, tests)
+    cache: bool = True
+    on_error: str = "skip"
+    max_samples: int | None = None
     device: str = "auto"
     progress: bool = True
 
@@ -78,7 +79,7 @@ class TrainConfig:
                 "these settings were removed (experiments that did not help; see docs/experiments.md): "
                 + ", ".join(f"{k}={d[k]!r}" for k in used)
             )
-        d = {k: v for k, v in d.items() if k not in REMOVED}
+        d = {k: v for k, v in d.items() if k not in REMOVED and not k.startswith("_")}  # "_about": comments
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
@@ -141,4 +142,69 @@ REMOVED: dict[str, object] = {
     "ema": 0.0,
     "keep_epochs": False,
     "tta": False,
+}
+
+#: ``emolens train --help``: the flags in these groups, in this order.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "root", "extra_data", "protocol", "image_size", "channels", "augment", "augment_on_device",
+             "cache", "on_error", "max_samples", "workers"),
+    "model": ("model", "pretrained", "weights", "init", "freeze_bn", "backbone_lr", "head_warmup_epochs"),
+    "optimisation": ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
+                     "class_weights", "loss", "la_prior", "balanced_sampler", "label_smoothing", "soft_labels",
+                     "mixup", "cutmix", "select_metric", "seed"),
+    "distillation": ("teacher", "kd_weight", "kd_temperature", "teacher_views", "teacher_offline"),
+    "runtime": ("out", "device", "amp", "channels_last", "progress"),
+}  # fmt: skip
+
+#: What each :class:`TrainConfig` field means (its ``emolens train`` flag's help; the allowed values come from
+#: :data:`LIMITS`).
+HELP: dict[str, str] = {
+    "dataset": "the main dataset's kind: its train/val/test splits",
+    "root": "the main dataset's folder",
+    "extra_data": "more datasets in the same label space, KIND=ROOT, optionally *N (repeat N times) or *0.25 "
+    "(a fixed quarter)",
+    "protocol": "AffectNet: paper (80/10/10 of the training set, by near-duplicate group) or official "
+    "(its validation set as test)",
+    "image_size": "input side in pixels (default: the model's)",
+    "channels": "1 (grey) or 3 (colour) (default: the model's)",
+    "augment": "training augmentation strength",
+    "augment_on_device": "hold the training faces on the device and augment whole batches there (GPU)",
+    "cache": "decode each dataset once into a memory-mapped cache (~/.cache/emolens or $EMOLENS_CACHE)",
+    "on_error": "an unreadable image: skip it (counted and named) or stop",
+    "max_samples": "use this many training and validation faces (quick runs; decodes only those)",
+    "workers": "data-loading processes",
+    "model": "architecture from the registry (`emolens models`)",
+    "pretrained": "start the backbone from its pretrained weights (downloaded once, checksum-checked)",
+    "weights": "a local file or folder of the backbone's pretrained weights",
+    "init": "start from an emolens checkpoint's weights (fine-tuning; a bundled model's name too)",
+    "freeze_bn": "keep BatchNorm statistics as loaded (their scale and shift still train)",
+    "backbone_lr": "the backbone's learning rate as a fraction of the head's",
+    "head_warmup_epochs": "first epochs train the new head only",
+    "epochs": "training epochs",
+    "batch_size": "faces per mini-batch",
+    "lr": "peak learning rate",
+    "weight_decay": "decoupled weight decay (AdamW) or L2 (SGD)",
+    "optimizer": "the optimiser",
+    "schedule": "learning-rate schedule",
+    "warmup_epochs": "epochs of linear warm-up (cosine)",
+    "class_weights": "class-weighted cross-entropy (the paper's answer to imbalance)",
+    "loss": "ce, or logit_adjusted: cross-entropy on logits plus the log class prior (Menon et al. 2021)",
+    "la_prior": "logit_adjusted's prior: the training mix's, or each face's own dataset's",
+    "balanced_sampler": "class-balanced mini-batches (the paper's future work)",
+    "label_smoothing": "label smoothing of hard labels",
+    "soft_labels": "train on vote distributions where a dataset has them (FER+)",
+    "mixup": "MixUp Beta(a, a) parameter (0: off)",
+    "cutmix": "CutMix Beta(a, a) parameter (0: off); with MixUp, one of them per batch",
+    "select_metric": "what picks best.pt (set_balanced_accuracy: the mean over the datasets of a mix)",
+    "seed": "seed of the split, the sampler and the augmentation",
+    "teacher": "distil from this emolens checkpoint (an ensemble too)",
+    "kd_weight": "share of the loss that is distillation (the rest: the labels)",
+    "kd_temperature": "distillation temperature",
+    "teacher_views": "views the teacher averages its answers over",
+    "teacher_offline": "the teacher answers once per face before training instead of every batch (cheap on CPU)",
+    "out": "run folder: config.json, metrics.jsonl, last.pt, best.pt, plots/",
+    "device": "where to train (auto: CUDA if available)",
+    "amp": "bf16 autocast where it is native (CUDA, CPUs with AMX or AVX512-BF16)",
+    "channels_last": "channels-last memory format (faster convolutions)",
+    "progress": "progress bars",
 }

@@ -22,6 +22,7 @@ from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint
 from ..data import open_dataset
 from ..evaluation.inference import predict_loader
 from ..evaluation.metrics import classification_metrics
+from ..evaluation.plots import plot_learning_curves
 from ..runtime import dist_info, native_bf16, resolve_device, seed_everything
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from ..tta import multi_view_log_probs
@@ -451,7 +452,7 @@ class Trainer:
                 save_atomic(self._train_state(epoch), self.out / "last.pt")
                 with open(self.out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-                _plot_curves(self.history, self.out / "plots")
+                plot_learning_curves(self.history, self.out / "plots" / "learning_curves.png")
                 sets = ""
                 if len(vm["per_set"]) > 1:
                     sets = (
@@ -478,12 +479,6 @@ def _cosine_with_warmup(total: int, warmup: int):
         return float(0.5 * (1 + np.cos(np.pi * min(1.0, progress))))  # a plain float: checkpoints stay plain data
 
     return f
-
-
-def _plot_curves(history: list[dict], out: Path) -> None:
-    from ..evaluation.plots import plot_learning_curves
-
-    plot_learning_curves(history, out / "learning_curves.png")
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:

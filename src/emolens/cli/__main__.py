@@ -1,0 +1,7 @@
+"""``python -m emolens.cli``: the ``emolens`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
