@@ -27,8 +27,8 @@ def resolve_device(name: str = "cpu") -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays off on ``device``: any CUDA GPU; a CPU only with native bf16 units.
 
-    On a CPU with AMX or AVX512-BF16, oneDNN runs bf16 convolutions natively (measured on 2 AMX cores:
-    ``fernet_wide`` trains 2.7x faster than in float32); elsewhere bf16 is emulated and slower.
+    On a CPU with AMX or AVX512-BF16, oneDNN runs bf16 convolutions natively and training is several times faster
+    than in float32 (``benchmarks/train_speed.py``); elsewhere bf16 is emulated and slower.
     """
     if device.type == "cuda":
         return True
@@ -43,3 +43,14 @@ def dist_info() -> tuple[int, int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -153,9 +153,9 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
         p,
         "--tta",
         PIPELINE["tta"],
-        "average the classifier over views of each face: the mirror image (flip, 2x the classifier's cost) "
-        "or mirror x four 1.4 px shifts (shift-flip, 10x), or the face read also at 8/7 of its side (scale, "
-        "2.3x the arithmetic); for photos more than live video",
+        "average the classifier over views of each face: the mirror image (flip, twice the classifier's work), "
+        "mirror x four 1.4 px shifts (shift-flip, ten times), or the face read also at 8/7 of its side (scale); "
+        "for photos more than live video",
         default=d.tta,
     )
     _limited(p, "--smooth", PIPELINE["smooth"], "temporal smoothing per face", default=d.smooth)

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..download import default_cache_dir
+from ..runtime import pid_alive
 from .base import DataError, FaceDataset
 
 
@@ -42,18 +43,8 @@ def _remove_stale_temps(cache_dir: Path, key: str) -> None:
     """Delete temp files of builds of ``key`` whose process is gone (killed mid-build)."""
     for tmp in cache_dir.glob(f"{key}.tmp*.npy"):
         pid = tmp.name[len(key) + 4 : -4]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def attach_cache(ds: FaceDataset, cache_dir: str | Path | None = None, progress: bool = True) -> Path:

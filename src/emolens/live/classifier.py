@@ -29,9 +29,8 @@ def default_threads(processes: int = 1) -> int:
 
 def for_inference(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` (in eval mode) with each BatchNorm folded into the convolution before it and weights in
-    ``channels_last``: the same outputs (to float rounding), fewer passes over memory. On 2 CPU cores this
-    takes the bundled model from 6.2 to 4.9 ms for one face and from 26.6 to 23.5 ms for eight. A model that
-    ``torch.fx`` cannot trace is returned unfused. The fused graph keeps whether the model reads other input
+    ``channels_last``: the same outputs (to float rounding), fewer passes over memory (docs/performance.md). A
+    model that ``torch.fx`` cannot trace is returned unfused. The fused graph keeps whether the model reads other input
     sizes (:func:`emolens.models.accepts_other_sizes`, for ``tta="scale"``)."""
     from torch.fx.experimental.optimization import fuse
 
@@ -65,9 +64,8 @@ class EmotionClassifier:
         max_threads: int | None = None,
     ) -> None:
         """``threads``: PyTorch/ONNX Runtime intra-op threads; ``None`` or 0 chooses per batch: one thread for
-        up to :data:`SMALL_BATCH` faces, else ``max_threads`` (default :func:`default_threads`), which measured
-        within 10 % of the best fixed count on idle and busy machines alike (``benchmarks/live_speed.py
-        --load``). ``device``: ``cpu``, ``cuda``, ``auto``.
+        up to :data:`SMALL_BATCH` faces, else ``max_threads`` (default :func:`default_threads`), close to the
+        best fixed count on idle and busy machines alike (docs/performance.md). ``device``: ``cpu``, ``cuda``, ``auto``.
         ``tta``: ``none``, or a view set of :data:`emolens.tta.VIEWS` whose answers are averaged
         (``flip``: the mirror image too; ``shift-flip``: ten views, ten times the classifier's cost; ``scale``: the
         face also read at 8/7 of its side, for models with global pooling)."""

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..runtime import pid_alive
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the server stopped while this job ran; the results made until then can be downloaded"
@@ -81,19 +83,13 @@ def _this_process() -> str:
 
 def _alive(owner: str, me: str | None = None) -> bool:
     """Whether the server process that owns a job still runs (a process on another host counts as alive)."""
-    host, pid, started = ([*owner.split(":"), "", ""])[:3]  # "host:pid" from before start times were kept
+    host, pid, started = ([*owner.split(":"), "", ""])[:3]  # "host:pid" alone: start time unknown
     if host != socket.gethostname():
         return True
     if me is not None and owner != me and pid == str(os.getpid()):
         return False  # our PID, another start: the process that wrote it is gone
-    if not pid.isdigit():
+    if not pid.isdigit() or not pid_alive(int(pid)):
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
     if started and not started.startswith("u"):
         return _start_time(int(pid)) in (None, started)  # a reused PID has another start time
     return True

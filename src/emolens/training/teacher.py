@@ -11,7 +11,6 @@ instead of on every batch.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from pathlib import Path
 
@@ -23,17 +22,10 @@ from tqdm import tqdm
 
 from ..data import FaceDataset
 from ..data.cache import cache_key
+from ..download import sha256_of
 from ..tta import multi_view_log_probs
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def precompute_targets(
@@ -52,7 +44,7 @@ def precompute_targets(
     Kept in ``cache`` and reused (a resumed run) while the teacher file, the views and the faces (as the
     decoded-face cache identifies them, :func:`emolens.data.cache.cache_key`) are the same.
     """
-    key = {"teacher_sha256": _sha256(teacher_path), "views": views, "faces": cache_key(ds)}
+    key = {"teacher_sha256": sha256_of(teacher_path), "views": views, "faces": cache_key(ds)}
     cache = Path(cache)
     if cache.is_file():
         held = torch.load(cache, map_location="cpu", weights_only=True)
