@@ -7,8 +7,10 @@ import asyncio
 import logging
 import re
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from .jobs import DiskFull
 from .settings import LOOPBACK, ServeSettings
 
 #: Bytes a multipart body may carry beyond its file (boundaries, part headers).
@@ -136,3 +138,39 @@ def redact_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactKeys) for f in access.filters):
         access.addFilter(RedactKeys())
+
+
+async def admission(request: Request, call_next):
+    """HTTP middleware: access rules first; a video upload reserves its disk quota before its body is read; an
+    image prediction beyond ``max_pending`` in flight is refused (503) before its body is read."""
+    svc = request.app.state.service
+    s, jobs = svc.settings, svc.jobs
+    video_bytes = int(s.max_video_mb * 2**20) + MULTIPART_SLACK
+    problem = access_problem(s, request.headers, request.url.path, request.query_params.get("api_key"))
+    if problem:
+        return JSONResponse({"detail": problem[1]}, status_code=problem[0])
+    if request.url.path == "/v1/video" and request.method == "POST":
+        # the quota is reserved for the whole body before it is read (it is spooled to disk as it arrives):
+        # parallel uploads cannot each pass a check made once and fill the disk together
+        length = request.headers.get("content-length", "")
+        need = min(int(length), video_bytes) if length.isdigit() else video_bytes
+        try:
+            jobs.reserve(need)
+        except DiskFull as e:
+            return JSONResponse({"detail": str(e)}, status_code=507, headers={"Connection": "close"})
+        try:
+            return await call_next(request)
+        finally:
+            jobs.release(need)
+    if request.url.path != "/v1/predict" or request.method != "POST":
+        return await call_next(request)
+    # admission before the body is read: a request beyond max_pending costs no upload parsing
+    if svc.admitted >= s.max_pending:
+        return JSONResponse(
+            {"detail": "busy: too many predictions waiting"}, status_code=503, headers={"Retry-After": "1"}
+        )
+    svc.admitted += 1
+    try:
+        return await call_next(request)
+    finally:
+        svc.admitted -= 1
