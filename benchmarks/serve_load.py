@@ -44,36 +44,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(workers: int, n: int, conc: int, detector: str, timeout: float) -> dict:
+def start_server(detector: str, *flags: str) -> tuple[subprocess.Popen, str, int]:
+    """``emolens serve`` on a free loopback port with its own data folder, once ``/healthz`` answers (at most
+    120 s); returns the process, its URL and port."""
     port = free_port()
     data = tempfile.mkdtemp(prefix="emolens-load-")
-    srv = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "emolens.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--detector",
-            detector,
-            "--data-dir",
-            data,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--detector", detector]
+    srv = subprocess.Popen([*cmd, "--data-dir", data, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    return srv, url, port
+
+
+def run(workers: int, n: int, conc: int, detector: str, timeout: float) -> dict:
+    srv, url, _ = start_server(detector, "--workers", str(workers))
     try:
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
         img = cv2.imencode(".jpg", sample_face())[1].tobytes()
         with httpx.Client(timeout=timeout) as client:
             for _ in range(5 * workers):  # warm every worker
@@ -178,20 +169,9 @@ def run_bombs(uploads: int, rounds: int, streams: int, detector: str, timeout: f
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="emolens-load-")
-    cmd = [sys.executable, "-m", "emolens.cli", "serve", "--port", str(port), "--detector", detector]
-    srv = subprocess.Popen([*cmd, "--data-dir", data, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    srv, url, port = start_server(detector, *flags)
     png = big_png()
     try:
-        t0 = time.time()
-        while time.time() - t0 < 120:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
         face = cv2.imencode(".jpg", sample_face())[1].tobytes()
         httpx.post(url + "/v1/predict", files={"file": ("a.jpg", face, "image/jpeg")}, timeout=timeout)  # warm
         rss_idle = peak_rss_mb(srv.pid)

@@ -457,7 +457,7 @@ def test_distillation_learns_the_teachers_answers_not_the_labels(tiny_root, tmp_
         assert targets.shape == (len(student.train_full), 8)
         assert torch.allclose(targets.exp().sum(1), torch.ones(len(targets)), atol=1e-4)
         again = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_views=views, teacher_offline=True, **kw))
-        assert torch.equal(again.train_ds.targets_, targets)
+        assert torch.equal(again.train_ds.column, targets)
     with pytest.raises(ValueError, match="set teacher"):
         _cfg(tiny_root, tmp_path / "y", teacher_offline=True).validate()
 
@@ -546,7 +546,7 @@ def test_logit_adjustment_by_each_faces_own_dataset_prior(tiny_root, tmp_path):
     cfg = _cfg(tiny_root, tmp_path / "run", epochs=1, loss="logit_adjusted", la_prior="dataset",
                extra_data=[f"folder={small}"])  # fmt: skip
     t = Trainer(cfg)
-    parts = t.train_ds.part_ids.numpy()
+    parts = t.train_ds.column.numpy()
     assert set(parts.tolist()) == {0, 1}
     for k in (0, 1):
         counts = np.bincount(t.train_labels[parts == k], minlength=8)

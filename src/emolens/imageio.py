@@ -65,6 +65,12 @@ def other_header_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def declared_size(buf: bytes | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` an image's header declares (:func:`header_size`, else :func:`other_header_size`), read
+    without decoding; ``None`` when neither knows the format."""
+    return header_size(buf) or other_header_size(buf)
+
+
 def decode_image(
     buf: bytes | np.ndarray, source: str, max_pixels: int = MAX_PIXELS, flags: int = -1, max_side: int | None = None
 ) -> np.ndarray:
@@ -77,7 +83,7 @@ def decode_image(
     arr = np.frombuffer(buf, np.uint8) if isinstance(buf, bytes | bytearray) else buf
     if arr.size == 0:
         raise DataError(f"{source}: image file is empty")
-    size = header_size(arr) or other_header_size(arr)
+    size = declared_size(arr)
     if size is None:  # no header we can size before decoding: refused, so no decoder runs unchecked
         raise DataError(f"{source}: not a readable image (corrupt or unsupported format)")
     if max_side is not None and max(size) > max_side:

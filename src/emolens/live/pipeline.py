@@ -118,26 +118,15 @@ class Pipeline:
         t = time.perf_counter()
         if faces is None:
             faces = self.detector.detect(frame)
-        if still:
-            t1 = time.perf_counter()
-            probs_still = self.classify(frame, faces, exact) if faces else []
-            t2 = time.perf_counter()
-            H, W = frame.shape[:2]
-            classes = tuple(self.classes)
-            out = []
-            for f, p in zip(faces, probs_still, strict=True):
-                k = int(np.argmax(p))
-                box = clip_box(f.box, W, H)
-                out.append(FaceResult(box, None, p, classes[k], float(p[k]), f.score, p, classes, f.landmarks))
-            self.timer.add("detect", t1 - t)
-            self.timer.add("classify", t2 - t1)
-            return out
-        ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
-        self.smoother.drop(dropped)
-        for tid in dropped:
-            self._held.pop(tid, None)
+        if still:  # no tracker: every face is new, has no ID and keeps nothing
+            ids: list[int | None] = [None] * len(faces)
+        else:
+            ids, dropped = self.tracker.update(np.array([f.box for f in faces]).reshape(-1, 4), index)
+            self.smoother.drop(dropped)
+            for tid in dropped:
+                self._held.pop(tid, None)
         t1 = time.perf_counter()
-        todo = [i for i, tid in enumerate(ids) if classify or tid not in self._held]
+        todo = [i for i, tid in enumerate(ids) if classify or still or tid not in self._held]
         probs: list[np.ndarray | None] = [None] * len(faces)
         if todo:
             for i, p in zip(todo, self.classify(frame, [faces[i] for i in todo], exact), strict=True):
@@ -149,6 +138,8 @@ class Pipeline:
         for f, p, tid in zip(faces, probs, ids, strict=True):
             if p is None:  # a known face on a frame that is not classified: hold its last result
                 sp, p = self._held[tid]
+            elif still:
+                sp = p
             else:
                 sp = self.smoother.update(tid, p)
                 self._held[tid] = (sp, p)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from fastapi import HTTPException, UploadFile
 
-from ..imageio import IMAGE_EXT, DataError, ImageTooLarge, decode_image, header_size, other_header_size
+from ..imageio import IMAGE_EXT, DataError, ImageTooLarge, declared_size, decode_image
 from ..live.container import coded_frame_size, frame_size, sniff
 
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/webp", "image/tiff"}
@@ -60,7 +60,7 @@ BIG_PIXELS = 4096 * 4096
 
 def _work_weight(data: bytes) -> int:
     """Slots an upload takes: all of them for a big image (from its header, nothing decoded), else one."""
-    size = header_size(data) or other_header_size(data)
+    size = declared_size(data)
     return WORK_SLOTS if size and size[0] * size[1] > BIG_PIXELS else 1
 
 

@@ -14,30 +14,14 @@ from ..data import FaceDataset
 from ..evaluation.metrics import classification_metrics
 
 
-class WithTargets(Dataset):
-    """``ds`` whose items carry a fourth element: row ``i`` of ``targets`` (precomputed teacher answers)."""
+class WithColumn(Dataset):
+    """``ds`` whose items carry one more element: row ``i`` of ``column`` (a teacher's precomputed answers, or the
+    index of the dataset of the mix each item comes from)."""
 
-    def __init__(self, ds: FaceDataset, targets: torch.Tensor) -> None:
-        if len(targets) != len(ds):
-            raise ValueError(f"{len(targets)} teacher targets for {len(ds)} faces")
-        self.ds, self.targets_ = ds, targets
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self.ds.targets
-
-    def __getitem__(self, i: int):
-        return (*self.ds[i], self.targets_[i])
-
-
-class WithPart(Dataset):
-    """``ds`` whose items carry one more element: the index of the dataset of the mix that item comes from."""
-
-    def __init__(self, ds, parts: np.ndarray) -> None:
-        self.ds, self.part_ids = ds, torch.as_tensor(parts, dtype=torch.long)
+    def __init__(self, ds, column: torch.Tensor, what: str = "values") -> None:
+        if len(column) != len(ds):
+            raise ValueError(f"{len(column)} {what} for {len(ds)} faces")
+        self.ds, self.column = ds, column
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -47,14 +31,14 @@ class WithPart(Dataset):
         return self.ds.targets
 
     def __getitem__(self, i: int):
-        return (*self.ds[i], self.part_ids[i])
+        return (*self.ds[i], self.column[i])
 
 
 def dataset_parts(ds) -> np.ndarray:
     """The name of the dataset each item of ``ds`` comes from (a mix's parts; a :class:`Subset` of one too)."""
     if isinstance(ds, Subset):
         return dataset_parts(ds.dataset)[np.asarray(ds.indices)]
-    if isinstance(ds, WithTargets | WithPart):
+    if isinstance(ds, WithColumn):
         return dataset_parts(ds.ds)
     out = np.empty(len(ds), dtype=object)
     for name, a, b in getattr(ds, "parts", [(getattr(ds, "name", "data"), 0, len(ds))]):
@@ -72,7 +56,7 @@ def per_set_metrics(labels: np.ndarray, preds: np.ndarray, parts: np.ndarray, cl
     return out
 
 
-def subset(ds: FaceDataset | WithTargets, n: int | None, seed: int) -> FaceDataset | WithTargets | Subset:
+def subset(ds: FaceDataset | WithColumn, n: int | None, seed: int) -> FaceDataset | WithColumn | Subset:
     if n is None or n >= len(ds):
         return ds
     idx = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))

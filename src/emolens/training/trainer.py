@@ -26,7 +26,7 @@ from ..evaluation.plots import plot_learning_curves
 from ..runtime import dist_info, native_bf16, resolve_device, seed_everything
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from ..tta import multi_view_log_probs
-from .adapters import WithPart, WithTargets, dataset_parts, hold_on_device, per_set_metrics, subset
+from .adapters import WithColumn, dataset_parts, hold_on_device, per_set_metrics, subset
 from .config import TrainConfig
 from .finetune import batchnorm_eval, class_rows, param_groups, set_backbone_trainable
 from .losses import (
@@ -134,7 +134,7 @@ class Trainer:
             if self.is_main:
                 agree = agreement(targets, self.train_full.targets)
                 log.info("teacher agrees with %.1f%% of the training labels", 100 * agree)
-            self.train_ds = subset(WithTargets(self.train_full, targets), cfg.max_samples, cfg.seed)
+            self.train_ds = subset(WithColumn(self.train_full, targets, "teacher targets"), cfg.max_samples, cfg.seed)
             self.teacher = None
         self.ddp_model: nn.Module = self.model
         if self.distributed:
@@ -155,7 +155,7 @@ class Trainer:
             n_cls = len(self.classes)
             per_part = [np.bincount(self.train_labels[ids == k], minlength=n_cls) for k in range(len(order))]
             self.part_log_prior = torch.stack([log_prior(c) for c in per_part]).to(self.device)
-            self.train_ds = WithPart(self.train_ds, ids)
+            self.train_ds = WithColumn(self.train_ds, torch.as_tensor(ids, dtype=torch.long), "dataset ids")
         self.sampler = EpochSampler(
             self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
         )
