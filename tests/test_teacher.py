@@ -134,3 +134,66 @@ def test_split_log_probs_with_flip_views_is_flip_tta(tmp_path):
     probs, labels, _ = predict_loader(net, DataLoader(ds, batch_size=256), torch.device("cpu"), tta=True)
     assert np.array_equal(run["labels"], labels)
     assert np.allclose(np.exp(run["log_probs"]), probs, atol=1e-5)
+
+
+class _Constant(nn.Module):
+    """Logits that name one class, whatever the face: which teacher answered shows in the answer."""
+
+    def __init__(self, k: int, calls: list) -> None:
+        super().__init__()
+        self.k, self.calls = k, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        out = torch.zeros(len(x), 3)
+        out[:, self.k] = 5.0
+        return out
+
+
+def test_routed_targets_give_each_dataset_of_a_mix_its_own_teacher(tmp_path):
+    from emolens.training.teacher import parse_routes, routed_targets
+
+    faces = [Sample(label=0, pixels=np.full((8, 8), 10 * i, np.uint8)) for i in range(7)]
+    ds = FaceDataset(faces, ("a", "b", "c"), image_size=8)
+    ds.parts = [("rafdb", 0, 3), ("ferplus", 3, 5), ("sfew", 5, 7)]
+    files = {}
+    for name in ("default", "fer"):
+        files[name] = tmp_path / f"{name}.pt"
+        files[name].write_bytes(name.encode())
+    default_calls, fer_calls, loaded = [], [], []
+
+    def load(path):
+        loaded.append(path)
+        return _Constant(2, fer_calls)
+
+    def run(routes):
+        to_float = lambda t: t.float() / 255  # noqa: E731
+        out = tmp_path / "run"
+        out.mkdir(exist_ok=True)
+        default = _Constant(0, default_calls)
+        return routed_targets(default, files["default"], routes, load, ds, to_float, "single", out,
+                              torch.device("cpu"), progress=False)  # fmt: skip
+
+    routes = parse_routes([f"ferplus={files['fer']}"])
+    got = run(routes).argmax(1).tolist()
+    assert got == [0, 0, 0, 2, 2, 0, 0]  # FER+'s two faces answered by its own teacher, the rest by the default
+    assert sum(default_calls) == 5 and sum(fer_calls) == 2 and loaded == [str(files["fer"])]  # each its own faces
+    assert (tmp_path / "run" / "teacher_targets_ferplus.pt").is_file()
+    assert run(routes).argmax(1).tolist() == got and sum(default_calls) == 5 and sum(fer_calls) == 2  # held
+    assert run({}).argmax(1).tolist() == [0] * 7 and sum(default_calls) == 12  # no routes: one teacher, all faces
+    with pytest.raises(ValueError, match=r"names \['affectnet'\], not datasets of this mix \['rafdb', 'ferplus'"):
+        run({"affectnet": str(files["fer"])})
+    with pytest.raises(ValueError, match="DATASET=CHECKPOINT, not 'ferplus'"):
+        parse_routes(["ferplus"])
+    with pytest.raises(ValueError, match="'ferplus' twice"):
+        parse_routes(["ferplus=a.pt", "ferplus=b.pt"])
+
+
+def test_teacher_for_needs_an_offline_teacher():
+    from emolens.training import TrainConfig
+
+    with pytest.raises(ValueError, match="set teacher and teacher_offline"):
+        TrainConfig(root="x", teacher="t.pt", teacher_for=["ferplus=f.pt"]).validate()
+    with pytest.raises(ValueError, match="DATASET=CHECKPOINT"):
+        TrainConfig(root="x", teacher="t.pt", teacher_offline=True, teacher_for=["f.pt"]).validate()
+    TrainConfig(root="x", teacher="t.pt", teacher_offline=True, teacher_for=["ferplus=f.pt"]).validate()

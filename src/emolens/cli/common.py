@@ -51,7 +51,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             if t is bool:
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif typing.get_origin(t) is list:
-                g.add_argument(flag, nargs="+", default=None, metavar="KIND=ROOT", help=text)
+                metavar = "DATASET=CHECKPOINT" if name == "teacher_for" else "KIND=ROOT"
+                g.add_argument(flag, nargs="+", default=None, metavar=metavar, help=text)
             elif name in LIMITS:
                 _limited(g, flag, LIMITS[name], HELP[name], note=note, default=None)
             else:

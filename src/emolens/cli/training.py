@@ -42,6 +42,7 @@ RESUME_FROZEN = (
     "kd_temperature",
     "teacher_views",
     "teacher_offline",
+    "teacher_for",
     "augment",
     "seed",
     "max_samples",
@@ -59,6 +60,8 @@ def _data_paths(key: str, value):
 
         specs = [parse_data_spec(x) for x in value]
         return [f"{k}={Path(r).resolve()}" + (f"*{n}" if n != 1 else "") for k, r, n in specs]
+    if key == "teacher_for" and value:
+        return [f"{k}={Path(v).resolve()}" for k, _, v in (x.partition("=") for x in value)]
     return value
 
 
@@ -96,6 +99,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not a.resume:  # config.json records absolute data paths, so the run resumes from any folder
         cfg.root, cfg.extra_data = _data_paths("root", cfg.root), _data_paths("extra_data", cfg.extra_data)
         cfg.teacher = _data_paths("teacher", cfg.teacher)
+        cfg.teacher_for = _data_paths("teacher_for", cfg.teacher_for)
     out = train(cfg, resume=a.resume)
     print(f"run folder: {out}  (best checkpoint: {out / 'best.pt'})")
     return 0

@@ -48,6 +48,7 @@ class TrainConfig:
     kd_temperature: float = 2.0
     teacher_views: str = "single"
     teacher_offline: bool = False
+    teacher_for: list[str] = field(default_factory=list)
     augment: str = "default"
     augment_on_device: bool = False
     select_metric: str = "macro_f1"
@@ -91,6 +92,11 @@ class TrainConfig:
         check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
+        if self.teacher_for and not (self.teacher and self.teacher_offline):
+            raise ValueError("teacher_for routes the datasets of a mix to teachers: set teacher and teacher_offline")
+        from .teacher import parse_routes
+
+        parse_routes(self.teacher_for)  # DATASET=CHECKPOINT, each dataset once
         if self.head_warmup_epochs >= self.epochs:
             raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
 
@@ -152,7 +158,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "optimisation": ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
                      "class_weights", "loss", "la_prior", "balanced_sampler", "label_smoothing", "soft_labels",
                      "mixup", "cutmix", "select_metric", "seed"),
-    "distillation": ("teacher", "kd_weight", "kd_temperature", "teacher_views", "teacher_offline"),
+    "distillation": ("teacher", "kd_weight", "kd_temperature", "teacher_views", "teacher_offline",
+                     "teacher_for"),
     "runtime": ("out", "device", "amp", "channels_last", "progress"),
 }  # fmt: skip
 
@@ -202,6 +209,8 @@ HELP: dict[str, str] = {
     "kd_temperature": "distillation temperature",
     "teacher_views": "views the teacher averages its answers over",
     "teacher_offline": "the teacher answers once per face before training instead of every batch (cheap on CPU)",
+    "teacher_for": "another teacher for one dataset of the mix, DATASET=CHECKPOINT (its faces get that teacher's "
+    "answers; with --teacher-offline)",
     "out": "run folder: config.json, metrics.jsonl, last.pt, best.pt, plots/",
     "device": "where to train (auto: CUDA if available)",
     "amp": "bf16 autocast where it is native (CUDA, CPUs with AMX or AVX512-BF16)",

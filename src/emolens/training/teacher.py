@@ -5,25 +5,29 @@ one view (on FER+ Valid + CK+/SFEW val, ten views lift the shipped model's accur
 accuracy by about a point; ``benchmarks/results/prior_frontier_teacher_views_v3.json``).
 :func:`emolens.evaluation.inference.multi_view_log_probs` is that teacher; :func:`precompute_targets` runs
 it once over the un-augmented training faces (``--teacher-offline``), so a CPU run pays for the views once
-instead of on every batch.
+instead of on every batch. :func:`routed_targets` gives each dataset of a mix its own teacher
+(``--teacher-for``): the best teacher of one dataset is often not the best of another.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data import FaceDataset
 from ..data.cache import cache_key
 from ..download import sha256_of
 from ..tta import multi_view_log_probs
+from .adapters import dataset_parts
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +42,16 @@ def precompute_targets(
     device: torch.device,
     batch_size: int = 512,
     progress: bool = True,
+    rows: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """The teacher's multi-view log-probabilities for every face of ``ds`` seen without augmentation (N x C).
+    """The teacher's multi-view log-probabilities for every face of ``ds`` seen without augmentation (N x C), or
+    for the faces ``rows`` of it only (len(rows) x C).
 
     Kept in ``cache`` and reused (a resumed run) while the teacher file, the views and the faces (as the
-    decoded-face cache identifies them, :func:`emolens.data.cache.cache_key`) are the same.
+    decoded-face cache identifies them, :func:`emolens.data.cache.cache_key`, and the rows) are the same.
     """
-    key = {"teacher_sha256": sha256_of(teacher_path), "views": views, "faces": cache_key(ds)}
+    some = None if rows is None else hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:20]
+    key = {"teacher_sha256": sha256_of(teacher_path), "views": views, "faces": cache_key(ds), "rows": some}
     cache = Path(cache)
     if cache.is_file():
         held = torch.load(cache, map_location="cpu", weights_only=True)
@@ -55,7 +62,8 @@ def precompute_targets(
     clean = copy.copy(ds)  # the same faces (and decoded-face cache), without augmentation
     clean.transform = eval_tf
     out = []
-    loader = DataLoader(clean, batch_size=batch_size, shuffle=False, num_workers=0)
+    faces = clean if rows is None else Subset(clean, np.asarray(rows).tolist())
+    loader = DataLoader(faces, batch_size=batch_size, shuffle=False, num_workers=0)
     for x, _, _ in tqdm(loader, desc=f"teacher targets ({views})", disable=not progress, leave=False):
         out.append(multi_view_log_probs(teacher, x.to(device), views).cpu())
     log_probs = torch.cat(out)
@@ -70,3 +78,58 @@ def precompute_targets(
 def agreement(log_probs: torch.Tensor, labels: np.ndarray) -> float:
     """Share of faces whose teacher answer is their label (a sanity figure for the log)."""
     return float((log_probs.argmax(1).numpy() == labels).mean())
+
+
+def routed_targets(
+    teacher: nn.Module,
+    teacher_path: str | Path,
+    routes: Mapping[str, str],
+    load: Callable[[str], nn.Module],
+    ds: FaceDataset,
+    eval_tf,
+    views: str,
+    out: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> torch.Tensor:
+    """:func:`precompute_targets` with one teacher per dataset of the mix ``ds``: faces of dataset ``name`` get
+    the answers of the checkpoint ``routes[name]`` (loaded with ``load``), the rest those of ``teacher``.
+
+    Each teacher answers only its own faces, kept in ``out/teacher_targets[_NAME].pt``.
+    """
+    if not routes:
+        return precompute_targets(teacher, teacher_path, ds, eval_tf, views, out / "teacher_targets.pt", device,
+                                  progress=progress)  # fmt: skip
+    parts = dataset_parts(ds)
+    unknown = sorted(set(routes) - set(parts.tolist()))
+    if unknown:
+        raise ValueError(f"--teacher-for names {unknown}, not datasets of this mix {list(dict.fromkeys(parts))}")
+    targets: torch.Tensor | None = None
+    groups = [(None, str(teacher_path), np.flatnonzero(~np.isin(parts, list(routes))))]
+    groups += [(name, path, np.flatnonzero(parts == name)) for name, path in routes.items()]
+    for name, path, rows in groups:
+        if len(rows) == 0:
+            continue
+        model = teacher if name is None else load(path)
+        cache = out / ("teacher_targets.pt" if name is None else f"teacher_targets_{name}.pt")
+        lp = precompute_targets(model, path, ds, eval_tf, views, cache, device, progress=progress, rows=rows)
+        if targets is None:
+            targets = torch.empty(len(ds), lp.shape[1], dtype=lp.dtype)
+        targets[torch.as_tensor(rows)] = lp
+        log.info("teacher %s: %d faces (%s)", path, len(rows), name or "the other datasets")
+    assert targets is not None
+    return targets
+
+
+def parse_routes(specs: list[str]) -> dict[str, str]:
+    """``["ferplus=A.pt", "rafdb=B.pt"]`` as ``{"ferplus": "A.pt", "rafdb": "B.pt"}`` (:class:`ValueError` for a
+    malformed or repeated entry)."""
+    routes: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--teacher-for takes DATASET=CHECKPOINT, not {spec!r}")
+        if name in routes:
+            raise ValueError(f"--teacher-for names {name!r} twice")
+        routes[name] = path
+    return routes

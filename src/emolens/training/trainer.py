@@ -38,7 +38,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .sampler import EpochSampler
-from .teacher import agreement, precompute_targets
+from .teacher import agreement, parse_routes, routed_targets
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,15 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.distributed and not self.is_main:  # rank 0 computes and keeps them; the others then read them
                 dist.barrier()
-            targets = precompute_targets(
+            targets = routed_targets(
                 self.teacher,
                 cfg.teacher,
+                parse_routes(cfg.teacher_for),
+                self._load_teacher,
                 self.train_full,
                 eval_transform(self.pre),
                 cfg.teacher_views,
-                self.out / "teacher_targets.pt",
+                self.out,
                 self.device,
                 progress=cfg.progress and self.is_main,
             )
