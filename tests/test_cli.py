@@ -426,7 +426,7 @@ REQUIRED = {
 FREE_TEXT = {
     "--source", "--output", "--csv", "--jsonl", "--summary", "--checkpoint", "--onnx", "--detector-model",
     "--json", "--annotate", "--out", "--host", "--data-dir", "--api-key", "--allow-origin", "--allowed-host",
-    "--config", "--root", "--extra-data", "--model", "--weights", "--init", "--teacher",
+    "--config", "--root", "--extra-data", "--model", "--weights", "--init", "--teacher", "--teacher-for",
 }  # fmt: skip
 
 
