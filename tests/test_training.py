@@ -489,6 +489,24 @@ def test_a_teacher_with_another_input_reads_the_students_faces_resized(tiny_root
         Trainer(_cfg(tiny_root, tmp_path / "x", teacher=str(colour)))
 
 
+def test_teacher_for_routes_one_dataset_of_a_mix_to_its_own_teacher(tiny_root, tmp_path):
+    """``--teacher-for folder2=B``: the faces of the mix's second dataset hold B's answers, the first's the
+    ``--teacher``'s, each as that teacher gives them alone."""
+    t = train(_cfg(tiny_root, tmp_path / "t", epochs=1)) / "best.pt"
+    ck = load_checkpoint(t)
+    ck["state_dict"]["classifier.bias"] = ck["state_dict"]["classifier.bias"] + 50 * torch.eye(8)[7]  # contempt
+    torch.save(ck, tmp_path / "contempt.pt")
+    kw = dict(epochs=1, extra_data=[f"folder={tiny_root}"], teacher=str(t), teacher_offline=True)
+    routed = Trainer(_cfg(tiny_root, tmp_path / "s", teacher_for=[f"folder2={tmp_path / 'contempt.pt'}"], **kw))
+    plain = Trainer(_cfg(tiny_root, tmp_path / "p", **kw))
+    parts = routed.train_full.parts
+    assert [name for name, _, _ in parts] == ["folder", "folder2"]
+    first, second = (slice(a, b) for _, a, b in parts)
+    answers = routed.train_ds.column.argmax(1)
+    assert (answers[second] == 7).all() and not (answers[first] == 7).any()
+    assert torch.allclose(routed.train_ds.column[first], plain.train_ds.column[first], atol=1e-5)
+
+
 def test_head_warmup_is_refused_under_ddp_before_any_process_group(tiny_root, tmp_path, monkeypatch):
     """DDP's set of trained parameters must not change between epochs, as a head-only warm-up would make it."""
     monkeypatch.setenv("WORLD_SIZE", "2")
