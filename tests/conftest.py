@@ -4,6 +4,7 @@ with a clear message when it is absent."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EMOLENS_SHARED", REPO.parent / "shared"))
 YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+#: the system's temporary folder, read before any test module is imported
+SYSTEM_TMP = tempfile.gettempdir()
+
+
+def pytest_collection_finish(session) -> None:
+    """``emolens.serve.create_app`` sends its process's temporary files into the server's data folder (a server
+    owns its process). A test module that builds an app when imported would otherwise move pytest's own
+    ``tmp_path`` folders there, out of reach of pytest's removal of old runs (each run left ~700 MB in /tmp)."""
+    tempfile.tempdir = SYSTEM_TMP
+
+
+@pytest.fixture(autouse=True)
+def _system_tmp():
+    """Each test starts and ends with the system's temporary folder, whatever an app it built set."""
+    tempfile.tempdir = SYSTEM_TMP
+    yield
+    tempfile.tempdir = SYSTEM_TMP
 
 
 def shared_path(rel: str) -> Path:

@@ -1,6 +1,8 @@
 """Property-based API test: schemathesis generates requests from the OpenAPI schema; every response must be
 documented, well-formed and never a server error."""
 
+import tempfile
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis not installed (pip install -e .[dev])")
@@ -10,13 +12,14 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: 
 from emolens.live.settings import PipelineSettings  # noqa: E402
 from emolens.serve import ServeSettings, create_app  # noqa: E402
 
+#: the app's data folder, removed when the test process ends
+_DATA = tempfile.TemporaryDirectory(prefix="emolens-st-")
+
 
 def _app():
-    import tempfile
-
     return create_app(
         ServeSettings(
-            data_dir=tempfile.mkdtemp(prefix="emolens-st-"),
+            data_dir=_DATA.name,
             pipeline=PipelineSettings(detector="haar"),
             hosts=["*"],
             max_queued_jobs=2,
