@@ -151,7 +151,8 @@ class _Constant(nn.Module):
 
 
 def test_routed_targets_give_each_dataset_of_a_mix_its_own_teacher(tmp_path):
-    from emolens.training.teacher import parse_routes, routed_targets
+    from emolens.training.config import parse_routes
+    from emolens.training.teacher import routed_targets
 
     faces = [Sample(label=0, pixels=np.full((8, 8), 10 * i, np.uint8)) for i in range(7)]
     ds = FaceDataset(faces, ("a", "b", "c"), image_size=8)

@@ -37,7 +37,7 @@ def _limited(p: argparse.ArgumentParser, flag: str, limit: Limit, help: str = ""
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field, in the argument groups of ``GROUPS``, with ``HELP``'s text."""
-    from ..training.config import GROUPS, HELP, LIMITS, TrainConfig
+    from ..training.config import GROUPS, HELP, LIMITS, METAVARS, TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -51,8 +51,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             if t is bool:
                 g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif typing.get_origin(t) is list:
-                metavar = "DATASET=CHECKPOINT" if name == "teacher_for" else "KIND=ROOT"
-                g.add_argument(flag, nargs="+", default=None, metavar=metavar, help=text)
+                g.add_argument(flag, nargs="+", default=None, metavar=METAVARS[name], help=text)
             elif name in LIMITS:
                 _limited(g, flag, LIMITS[name], HELP[name], note=note, default=None)
             else:

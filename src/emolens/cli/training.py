@@ -61,7 +61,9 @@ def _data_paths(key: str, value):
         specs = [parse_data_spec(x) for x in value]
         return [f"{k}={Path(r).resolve()}" + (f"*{n}" if n != 1 else "") for k, r, n in specs]
     if key == "teacher_for" and value:
-        return [f"{k}={Path(v).resolve()}" for k, _, v in (x.partition("=") for x in value)]
+        from ..training.config import parse_routes
+
+        return [f"{k}={Path(v).resolve()}" for k, v in parse_routes(value).items()]
     return value
 
 

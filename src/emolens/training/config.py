@@ -94,8 +94,6 @@ class TrainConfig:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
         if self.teacher_for and not (self.teacher and self.teacher_offline):
             raise ValueError("teacher_for routes the datasets of a mix to teachers: set teacher and teacher_offline")
-        from .teacher import parse_routes
-
         parse_routes(self.teacher_for)  # DATASET=CHECKPOINT, each dataset once
         if self.head_warmup_epochs >= self.epochs:
             raise ValueError(f"head_warmup_epochs must be < epochs (got {self.head_warmup_epochs} >= {self.epochs})")
@@ -163,6 +161,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "runtime": ("out", "device", "amp", "channels_last", "progress"),
 }  # fmt: skip
 
+#: What the flags of list fields take, one or more of (``emolens train --help``).
+METAVARS: dict[str, str] = {"extra_data": "KIND=ROOT", "teacher_for": "DATASET=CHECKPOINT"}
+
 #: What each :class:`TrainConfig` field means (its ``emolens train`` flag's help; the allowed values come from
 #: :data:`LIMITS`).
 HELP: dict[str, str] = {
@@ -217,3 +218,17 @@ HELP: dict[str, str] = {
     "channels_last": "channels-last memory format (faster convolutions)",
     "progress": "progress bars",
 }
+
+
+def parse_routes(specs: list[str]) -> dict[str, str]:
+    """``["ferplus=A.pt", "rafdb=B.pt"]`` as ``{"ferplus": "A.pt", "rafdb": "B.pt"}`` (:class:`ValueError` for a
+    malformed or repeated entry)."""
+    routes: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--teacher-for takes DATASET=CHECKPOINT, not {spec!r}")
+        if name in routes:
+            raise ValueError(f"--teacher-for names {name!r} twice")
+        routes[name] = path
+    return routes

@@ -97,9 +97,6 @@ def routed_targets(
 
     Each teacher answers only its own faces, kept in ``out/teacher_targets[_NAME].pt``.
     """
-    if not routes:
-        return precompute_targets(teacher, teacher_path, ds, eval_tf, views, out / "teacher_targets.pt", device,
-                                  progress=progress)  # fmt: skip
     parts = dataset_parts(ds)
     unknown = sorted(set(routes) - set(parts.tolist()))
     if unknown:
@@ -112,24 +109,12 @@ def routed_targets(
             continue
         model = teacher if name is None else load(path)
         cache = out / ("teacher_targets.pt" if name is None else f"teacher_targets_{name}.pt")
-        lp = precompute_targets(model, path, ds, eval_tf, views, cache, device, progress=progress, rows=rows)
+        some = None if len(rows) == len(ds) else rows  # one teacher for all: the cache of a run without routes
+        lp = precompute_targets(model, path, ds, eval_tf, views, cache, device, progress=progress, rows=some)
         if targets is None:
             targets = torch.empty(len(ds), lp.shape[1], dtype=lp.dtype)
         targets[torch.as_tensor(rows)] = lp
-        log.info("teacher %s: %d faces (%s)", path, len(rows), name or "the other datasets")
+        whose = name or ("the other datasets" if routes else "all faces")
+        log.info("teacher %s: %d faces (%s)", path, len(rows), whose)
     assert targets is not None
     return targets
-
-
-def parse_routes(specs: list[str]) -> dict[str, str]:
-    """``["ferplus=A.pt", "rafdb=B.pt"]`` as ``{"ferplus": "A.pt", "rafdb": "B.pt"}`` (:class:`ValueError` for a
-    malformed or repeated entry)."""
-    routes: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--teacher-for takes DATASET=CHECKPOINT, not {spec!r}")
-        if name in routes:
-            raise ValueError(f"--teacher-for names {name!r} twice")
-        routes[name] = path
-    return routes

@@ -27,7 +27,7 @@ from ..runtime import dist_info, native_bf16, resolve_device, seed_everything
 from ..transforms import BatchAugment, Preprocess, eval_transform, train_transform
 from ..tta import multi_view_log_probs
 from .adapters import WithColumn, dataset_parts, hold_on_device, per_set_metrics, subset
-from .config import TrainConfig
+from .config import TrainConfig, parse_routes
 from .finetune import batchnorm_eval, class_rows, param_groups, set_backbone_trainable
 from .losses import (
     class_weights,
@@ -38,7 +38,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .sampler import EpochSampler
-from .teacher import agreement, parse_routes, routed_targets
+from .teacher import agreement, routed_targets
 
 log = logging.getLogger(__name__)
 
