@@ -112,6 +112,17 @@ def test_distillation_loss_is_the_tempered_kl():
     assert distillation_loss(t, t.log_softmax(1), 3.0).item() == pytest.approx(0.0, abs=1e-6)  # logits or log-probs
 
 
+def test_weighted_distillation_is_the_weighted_mean_of_each_faces_kl():
+    """Face 0 matches its teacher (KL 0), face 1 does not: weights move the loss between the two."""
+    s = torch.zeros(2, 2)
+    t = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
+    kl1 = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert distillation_loss(s, t, 1.0).item() == pytest.approx(kl1 / 2, abs=1e-6)
+    assert distillation_loss(s, t, 1.0, torch.tensor([1.0, 1.0])).item() == pytest.approx(kl1 / 2, abs=1e-6)
+    assert distillation_loss(s, t, 1.0, torch.tensor([3.0, 1.0])).item() == pytest.approx(kl1 / 4, abs=1e-6)
+    assert distillation_loss(s, t, 1.0, torch.tensor([0.0, 5.0])).item() == pytest.approx(kl1, abs=1e-6)
+
+
 def test_best_acc_bal_is_rebalance_choice_and_its_bootstrap_is_paired():
     from emolens.evaluation.prior import best_acc_bal, objective, prior_shift_table
 

@@ -507,6 +507,37 @@ def test_teacher_for_routes_one_dataset_of_a_mix_to_its_own_teacher(tiny_root, t
     assert torch.allclose(routed.train_ds.column[first], plain.train_ds.column[first], atol=1e-5)
 
 
+def test_kd_balance_weighs_each_faces_distillation_by_its_class_in_its_own_dataset(tiny_root, tmp_path, monkeypatch):
+    """--kd-balance 0.5: each face's distillation term weighs sqrt(N / (C n_c)), with N and n_c counted in the
+    face's own dataset of the mix (a class rare in one dataset weighs more there than where it is common)."""
+    import emolens.training.trainer as trainer_module
+
+    t = train(_cfg(tiny_root, tmp_path / "t", epochs=1)) / "best.pt"
+    skew = make_folder_dataset(tmp_path / "skew")
+    for f in sorted((skew / "happy").iterdir())[4:]:
+        f.unlink()  # happy: 4 faces of 44 in the second dataset, a third in the first
+    seen: list[torch.Tensor] = []
+    real = trainer_module.distillation_loss
+    monkeypatch.setattr(
+        trainer_module, "distillation_loss", lambda s, te, temp, w=None: seen.append(w.cpu()) or real(s, te, temp, w)
+    )
+    cfg = _cfg(tiny_root, tmp_path / "s", epochs=1, batch_size=1, extra_data=[f"folder={skew}"], teacher=str(t),
+               teacher_offline=True, kd_balance=0.5)  # fmt: skip
+    tr = Trainer(cfg)
+    tr.train_epoch(0)
+    labels, n_cls = tr.train_labels, len(tr.classes)
+    expected = []
+    for _, a, b in tr.train_full.parts:
+        counts = np.bincount(labels[a:b], minlength=n_cls)
+        expected += [(len(labels[a:b]) / (n_cls * counts[y])) ** 0.5 for y in labels[a:b]]
+    assert len(seen) == len(expected)
+    assert torch.cat(seen).sort().values.numpy() == pytest.approx(np.sort(expected), rel=1e-5)
+    happy = tr.classes.index("happiness")
+    assert tr.part_kd_weight[1, happy] > 1.5 * tr.part_kd_weight[0, happy]
+    with pytest.raises(ValueError, match="kd_balance weighs the distillation from a teacher"):
+        TrainConfig(root="x", kd_balance=0.5).validate()
+
+
 def test_head_warmup_is_refused_under_ddp_before_any_process_group(tiny_root, tmp_path, monkeypatch):
     """DDP's set of trained parameters must not change between epochs, as a head-only warm-up would make it."""
     monkeypatch.setenv("WORLD_SIZE", "2")

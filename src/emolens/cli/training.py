@@ -40,6 +40,7 @@ RESUME_FROZEN = (
     "teacher",
     "kd_weight",
     "kd_temperature",
+    "kd_balance",
     "teacher_views",
     "teacher_offline",
     "teacher_for",

@@ -46,6 +46,7 @@ class TrainConfig:
     teacher: str | None = None
     kd_weight: float = 0.5
     kd_temperature: float = 2.0
+    kd_balance: float = 0.0
     teacher_views: str = "single"
     teacher_offline: bool = False
     teacher_for: list[str] = field(default_factory=list)
@@ -92,6 +93,8 @@ class TrainConfig:
         check_fields(self, LIMITS)
         if (self.teacher_offline or self.teacher_views != "single") and not self.teacher:
             raise ValueError("teacher_views and teacher_offline describe a teacher: set teacher too")
+        if self.kd_balance and not self.teacher:
+            raise ValueError("kd_balance weighs the distillation from a teacher: set teacher too")
         if self.teacher_for and not (self.teacher and self.teacher_offline):
             raise ValueError("teacher_for routes the datasets of a mix to teachers: set teacher and teacher_offline")
         parse_routes(self.teacher_for)  # DATASET=CHECKPOINT, each dataset once
@@ -124,6 +127,7 @@ LIMITS: dict[str, Limit] = {
     "cutmix": Range(float, 0),
     "kd_weight": Range(float, 0, 1),
     "kd_temperature": Range(float, 0, lo_open=True),
+    "kd_balance": Range(float, 0, 2),
     "teacher_views": OneOf("single", "flip", "shift-flip"),
     "augment": OneOf("none", "light", "default"),
     # set_balanced_accuracy: the mean of each validation dataset's balanced accuracy (a mix's parts weigh alike)
@@ -156,7 +160,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "optimisation": ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "warmup_epochs",
                      "class_weights", "loss", "la_prior", "balanced_sampler", "label_smoothing", "soft_labels",
                      "mixup", "cutmix", "select_metric", "seed"),
-    "distillation": ("teacher", "kd_weight", "kd_temperature", "teacher_views", "teacher_offline",
+    "distillation": ("teacher", "kd_weight", "kd_temperature", "kd_balance", "teacher_views", "teacher_offline",
                      "teacher_for"),
     "runtime": ("out", "device", "amp", "channels_last", "progress"),
 }  # fmt: skip
@@ -208,6 +212,8 @@ HELP: dict[str, str] = {
     "teacher": "distil from this emolens checkpoint (an ensemble too)",
     "kd_weight": "share of the loss that is distillation (the rest: the labels)",
     "kd_temperature": "distillation temperature",
+    "kd_balance": "weigh each face's distillation by its class's rarity in its own dataset, (N / (C n_c)) to this "
+    "power (0: off, 0.5: square root, 1: inverse frequency)",
     "teacher_views": "views the teacher averages its answers over",
     "teacher_offline": "the teacher answers once per face before training instead of every batch (cheap on CPU)",
     "teacher_for": "another teacher for one dataset of the mix, DATASET=CHECKPOINT (its faces get that teacher's "

@@ -93,10 +93,15 @@ def mix_batch(
     return x, lam * target + (1 - lam) * target[perm], lam
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``,
-    averaged over the batch. ``teacher`` may be logits or log-probabilities (an :class:`Ensemble`'s output)."""
+    averaged over the batch, or its ``weight``-weighted mean (one weight per face: balanced distillation, Zhang
+    et al. 2021). ``teacher`` may be logits or log-probabilities (an :class:`Ensemble`'s output)."""
     t = temperature
-    return F.kl_div(
-        F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean"
-    ) * (t * t)
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="none")
+    per_face = kl.sum(1) * (t * t)
+    if weight is None:
+        return per_face.mean()
+    return (per_face * weight).sum() / weight.sum().clamp_min(1e-12)

@@ -148,15 +148,23 @@ class Trainer:
         self.weight = class_weights(counts).to(self.device) if cfg.class_weights and cfg.loss == "ce" else None
         self.log_prior = log_prior(counts).to(self.device)
         # --la-prior dataset: each face is adjusted by its own dataset's class prior (FER+ has few contempt faces,
-        # AffectNet many: the mix's prior would leave FER+'s contempt under-predicted), so items carry their part
+        # AffectNet many: the mix's prior would leave FER+'s contempt under-predicted); --kd-balance weighs each
+        # face's distillation by its class's rarity in its own dataset. Both need each item's part of the mix.
         self.part_log_prior: torch.Tensor | None = None
-        if cfg.loss == "logit_adjusted" and cfg.la_prior == "dataset":
+        self.part_kd_weight: torch.Tensor | None = None
+        per_dataset = cfg.loss == "logit_adjusted" and cfg.la_prior == "dataset"
+        self.with_parts = per_dataset or cfg.kd_balance > 0
+        if self.with_parts:
             names = dataset_parts(self.train_ds)
             order = list(dict.fromkeys(names.tolist()))
             ids = np.array([order.index(n) for n in names])
             n_cls = len(self.classes)
             per_part = [np.bincount(self.train_labels[ids == k], minlength=n_cls) for k in range(len(order))]
-            self.part_log_prior = torch.stack([log_prior(c) for c in per_part]).to(self.device)
+            if per_dataset:
+                self.part_log_prior = torch.stack([log_prior(c) for c in per_part]).to(self.device)
+            if cfg.kd_balance > 0:
+                self.part_kd_weight = torch.stack([class_weights(c) ** cfg.kd_balance for c in per_part])
+                self.part_kd_weight = self.part_kd_weight.to(self.device)
             self.train_ds = WithColumn(self.train_ds, torch.as_tensor(ids, dtype=torch.long), "dataset ids")
         self.sampler = EpochSampler(
             self.train_labels, balanced=cfg.balanced_sampler, seed=cfg.seed, rank=self.rank, world_size=self.world
@@ -312,8 +320,9 @@ class Trainer:
         )
         n_cls = len(self.classes)
         for x, y, soft, *held in bar:
-            # per-face prior (--la-prior dataset): the last element is each face's dataset
-            prior = self.part_log_prior[held.pop().to(self.device)] if self.part_log_prior is not None else None
+            # the last element is each face's dataset where a per-dataset prior or distillation weight needs it
+            part = held.pop().to(self.device) if self.with_parts else None
+            prior = self.part_log_prior[part] if self.part_log_prior is not None else None
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -337,7 +346,8 @@ class Trainer:
                             teacher_logits = self.teacher(x).float()
                         else:
                             teacher_logits = multi_view_log_probs(self.teacher, x, cfg.teacher_views)
-            loss = self._loss(logits, y, target, teacher_logits, prior)
+            kd_weight = self.part_kd_weight[part, y] if self.part_kd_weight is not None else None
+            loss = self._loss(logits, y, target, teacher_logits, prior, kd_weight)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -355,9 +365,11 @@ class Trainer:
         target: torch.Tensor | None,
         teacher_logits: torch.Tensor | None,
         prior: torch.Tensor | None = None,
+        kd_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The training loss of one batch: the labels' (hard or soft), plus distillation with a teacher.
-        ``prior``: per-face log priors (B x C) for the logit-adjusted loss, instead of the mix's."""
+        ``prior``: per-face log priors (B x C) for the logit-adjusted loss, instead of the mix's; ``kd_weight``:
+        per-face weights of the distillation term (their weighted mean)."""
         cfg = self.cfg
         if cfg.loss == "logit_adjusted":
             loss = logit_adjusted_cross_entropy(
@@ -366,7 +378,7 @@ class Trainer:
         else:
             loss = weighted_cross_entropy(logits.float(), y, self.weight, target, cfg.label_smoothing)
         if teacher_logits is not None:
-            kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature)
+            kd = distillation_loss(logits.float(), teacher_logits, cfg.kd_temperature, kd_weight)
             loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd
         return loss
 
