@@ -28,7 +28,7 @@ from ..transforms import BatchAugment, Preprocess, eval_transform, train_transfo
 from ..tta import multi_view_log_probs
 from .adapters import WithColumn, dataset_parts, hold_on_device, per_set_metrics, subset
 from .config import TrainConfig, parse_routes
-from .finetune import batchnorm_eval, class_rows, param_groups, set_backbone_trainable
+from .finetune import batchnorm_eval, class_rows, set_backbone_trainable
 from .losses import (
     class_weights,
     distillation_loss,
@@ -37,6 +37,7 @@ from .losses import (
     mix_batch,
     weighted_cross_entropy,
 )
+from .optim import build_optimizer, build_scheduler
 from .sampler import EpochSampler
 from .teacher import agreement, routed_targets
 
@@ -186,25 +187,8 @@ class Trainer:
             self.on_device = hold_on_device(self.train_ds, self.device)
             self.batch_augment = BatchAugment(self.pre, cfg.augment).to(self.device)
 
-        params = param_groups(self.model, cfg.lr, cfg.backbone_lr)
-        if cfg.optimizer == "adamw":
-            fused = self.device.type == "cuda"  # one kernel per step instead of one per tensor
-            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
-                params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
-            )
-        else:
-            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
-        steps = len(self.train_loader) * cfg.epochs
-        if cfg.schedule == "onecycle":
-            self.sched = torch.optim.lr_scheduler.OneCycleLR(
-                self.opt, max_lr=[g["lr"] for g in params], total_steps=steps, pct_start=0.15
-            )
-        elif cfg.schedule == "cosine":
-            self.sched = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, _cosine_with_warmup(steps, len(self.train_loader) * cfg.warmup_epochs)
-            )
-        else:
-            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
+        self.opt = build_optimizer(self.model, cfg, self.device)
+        self.sched = build_scheduler(self.opt, cfg, len(self.train_loader))
         self.amp = cfg.amp and native_bf16(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
@@ -483,16 +467,6 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         return self.history
-
-
-def _cosine_with_warmup(total: int, warmup: int):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return float(0.5 * (1 + np.cos(np.pi * min(1.0, progress))))  # a plain float: checkpoints stay plain data
-
-    return f
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
