@@ -364,6 +364,7 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
         (["--lr", "0.5"], "--lr (0.001 -> 0.5)"),
         (["--optimizer", "sgd"], "--optimizer"),
         (["--loss", "logit_adjusted"], "--loss ('ce' -> 'logit_adjusted')"),
+        (["--kd-balance", "0.5"], "--kd-balance (0.0 -> 0.5)"),
     )
     for flags, named in changes:
         capsys.readouterr()
