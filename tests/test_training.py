@@ -295,6 +295,34 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     raw = load_checkpoint(tmp_path / "raw.pt")
     assert folded_tau(raw) == pytest.approx(0.0, abs=1e-9) and raw["prior_shift"]["metric"] == "fixed"
     assert torch.allclose(raw["state_dict"]["classifier.bias"], before["state_dict"]["classifier.bias"], atol=1e-5)
+    # fixed per-class offsets: folded as given, recorded, and the table's "offset" row is what the model now scores
+    # (a large neutral offset makes every face neutral: recall 1 for neutral, 0 for the other three classes)
+    ro = rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "off.pt", offset={"neutral": 50.0}, progress=False)
+    off = load_checkpoint(tmp_path / "off.pt")
+    moved = off["state_dict"]["classifier.bias"] - before["state_dict"]["classifier.bias"]
+    assert moved.tolist() == pytest.approx([50.0] + [0.0] * 7, abs=1e-4)
+    assert off["prior_shift"]["offset"] == {"neutral": 50.0} and folded_tau(off) == 0.0
+    assert [row["offset"] for row in ro["table"]] == [False, True]
+    assert ro["table"][1]["balanced_accuracy"] == pytest.approx(0.25) and ro["table"][1]["min_recall"] == 0.0
+    m = evaluate(tmp_path / "off.pt", "folder", tiny_root, "val", progress=False)
+    assert m["per_class"]["neutral"]["recall"] == 1.0 and m["balanced_accuracy"] == pytest.approx(0.25)
+    assert ro["table"][0]["balanced_accuracy"] == pytest.approx(
+        evaluate(run / "best.pt", "folder", tiny_root, "val", progress=False)["balanced_accuracy"], abs=1e-4
+    )
+    with pytest.raises(ValueError, match="offset for unknown class 'calm'"):
+        rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "x.pt", offset={"calm": 1.0}, progress=False)
+    for flags, message in (
+        (["--offset", "neutral"], "--offset takes CLASS=VALUE with a number (got 'neutral')"),
+        (["--offset", "neutral=0.2", "--tau", "0.1"], "--offset and --tau are two corrections: give one"),
+    ):
+        rc = subprocess.run(
+            [sys.executable, "-m", "emolens.cli", "rebalance", str(run / "best.pt"), "--dataset", "folder"]
+            + ["--root", str(tiny_root), "--out", str(tmp_path / "x.pt"), *flags],
+            capture_output=True,
+            text=True,
+        )
+        assert rc.returncode == 2 and message in rc.stderr, rc.stderr
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):

@@ -177,7 +177,25 @@ def rebalance_arguments(p: argparse.ArgumentParser) -> None:
     _limited(
         p, "--tau", Range(float), "fold this shift instead of choosing one (e.g. -0.5 takes fernet_v3's out again)"
     )
+    p.add_argument(
+        "--offset",
+        nargs="+",
+        metavar="CLASS=VALUE",
+        type=_offset_item,
+        help="fold these logit offsets instead of a prior shift (e.g. neutral=0.2: answer neutral more often)",
+    )
     p.add_argument("--out", required=True, help="the corrected checkpoint")
+
+
+def _offset_item(item: str) -> tuple[str, float]:
+    """One ``--offset CLASS=VALUE`` item (a malformed one is refused as the flag is parsed)."""
+    name, sep, value = item.partition("=")
+    try:
+        if not (sep and name):
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--offset takes CLASS=VALUE with a number (got {item!r})") from None
 
 
 @command(
@@ -188,6 +206,8 @@ def rebalance_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_rebalance(a: argparse.Namespace) -> int:
     from ..evaluation.prior import rebalance
 
+    if a.offset and a.tau is not None:
+        raise ValueError("--offset and --tau are two corrections: give one")
     r = rebalance(
         a.checkpoint,
         a.dataset,
@@ -199,7 +219,18 @@ def cmd_rebalance(a: argparse.Namespace) -> int:
         tau=a.tau,
         min_bal=a.min_balanced_accuracy,
         min_recall=a.min_recall,
+        offset=dict(a.offset) if a.offset else None,
     )
+    if a.offset:
+        print(f"{'':9s} {'accuracy':>9s} {'balanced':>9s} {'macro_f1':>9s} {'min_recall':>10s}")
+        for row in r["table"]:
+            print(
+                f"{'offset' if row['offset'] else 'as it was':9s} {row['accuracy']:9.4f} "
+                f"{row['balanced_accuracy']:9.4f} {row['macro_f1']:9.4f} {row['min_recall']:10.4f}"
+            )
+        given = ", ".join(f"{name} {value:+g}" for name, value in a.offset)
+        print(f"wrote {r['out']} (logit offsets {given}, as given; table on {r['selected_on']})")
+        return 0
     print(f"{'tau':>6s} {'accuracy':>9s} {'balanced':>9s} {'macro_f1':>9s} {'min_recall':>10s}")
     for row in r["table"]:
         mark = "  <- chosen" if row["tau"] == r["tau"] else ""

@@ -172,17 +172,24 @@ def rebalance(
     tau: float | None = None,
     min_bal: float = 0.0,
     min_recall: float = 0.0,
+    offset: dict[str, float] | None = None,
 ) -> dict:
     """Choose ``tau`` on ``dataset``/``split`` by ``metric`` within the floors of :func:`choose_row`, fold
     ``tau * log(prior)`` into the output bias, write the corrected checkpoint to ``out``; returns
     ``{"tau", "metric", "table", "out", "selected_on"}``.
 
     A given ``tau`` is folded as it is (``metric`` "fixed"; the table still reports the split): e.g. minus
-    :func:`emolens.checkpoint.folded_tau` takes a checkpoint's prior shift out again."""
+    :func:`emolens.checkpoint.folded_tau` takes a checkpoint's prior shift out again.
+
+    ``offset`` (``{class: value}``) folds those per-class logit offsets as they are instead of a prior shift
+    (e.g. ``{"neutral": 0.2}``: answer neutral more often); the table then has two rows, ``tau`` 0 without
+    and with the offsets (``"offset"`` False / True)."""
     from ..checkpoint import save_atomic
 
     run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
     ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
+    if offset:
+        return _fold_offset(run, offset, out)
     if tau is not None:
         taus, metric = sorted({*taus, round(float(tau), 4)}), "fixed"
     table = prior_shift_table(run["log_probs"], run["labels"], log_prior, run["classes"], taus)
@@ -204,3 +211,39 @@ def rebalance(
     }
     save_atomic(ckpt, out)
     return {"tau": best["tau"], "metric": metric, "table": table, "out": str(out), "selected_on": run["name"]}
+
+
+def offset_vector(offset: dict[str, float], classes: Sequence[str]) -> np.ndarray:
+    """``{class: value}`` as a vector over ``classes`` (zero elsewhere); an unknown class is a ValueError."""
+    vec = np.zeros(len(classes))
+    for name, value in offset.items():
+        if name not in classes:
+            raise ValueError(f"offset for unknown class {name!r}; the model's classes are {list(classes)}")
+        vec[list(classes).index(name)] = float(value)
+    return vec
+
+
+def _fold_offset(run: dict, offset: dict[str, float], out: str | Path) -> dict:
+    """:func:`rebalance` with fixed per-class offsets: fold them, record them, report before / after."""
+    from ..checkpoint import save_atomic
+
+    ckpt, model, classes = run["ckpt"], run["model"], run["classes"]
+    vec = offset_vector(offset, classes)
+    table = []
+    for with_offset in (False, True):
+        row = prior_shift_table(run["log_probs"] + with_offset * vec[None], run["labels"], vec, classes, (0.0,))[0]
+        table.append({**row, "offset": with_offset})
+    with torch.no_grad():
+        output_bias(model).add_(torch.as_tensor(vec, dtype=torch.float32))
+    ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    ckpt["train_counts"] = run["counts"].tolist()
+    ckpt["prior_shift"] = {
+        "tau": 0.0,
+        "offset": {c: float(v) for c, v in zip(classes, vec, strict=True) if v},
+        "metric": "fixed",
+        "selected_on": run["name"],
+        "table": table,
+        "previous": ckpt.get("prior_shift"),
+    }
+    save_atomic(ckpt, out)
+    return {"tau": 0.0, "metric": "fixed", "table": table, "out": str(out), "selected_on": run["name"]}
