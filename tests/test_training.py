@@ -325,6 +325,27 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_rebalance_scores_an_eight_class_model_on_a_seven_class_set_as_the_user_sees_it(tiny_root, tmp_path):
+    """RAF-DB has no contempt: rebalancing an 8-class model on it works, and a contempt answer counts as wrong
+    (an offset that makes every answer contempt scores 0, where masking contempt out would hide it)."""
+    import numpy as np
+
+    from emolens.evaluation.prior import rebalance, split_log_probs
+
+    run = train(_cfg(tiny_root, tmp_path / "run", epochs=1, channels=3))
+    raf, rows = make_rafdb(tmp_path / "raf", "kaggle")
+    got = split_log_probs(run / "best.pt", "rafdb", raf, "test", progress=False)
+    assert got["classes"] == load_checkpoint(run / "best.pt")["classes"] and len(got["classes"]) == 8
+    codes = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
+    want = sorted(got["classes"].index(codes[code]) for _, code in rows["test"])
+    assert sorted(got["labels"].tolist()) == want  # RAF-DB's labels, as the model's class indices
+    r = rebalance(run / "best.pt", "rafdb", raf, tmp_path / "c.pt", split="test", offset={"contempt": 50.0},
+                  progress=False)  # fmt: skip
+    plain = float(np.mean(got["log_probs"].argmax(1) == got["labels"]))
+    assert r["table"][0]["accuracy"] == pytest.approx(plain, abs=1e-4)
+    assert r["table"][1]["accuracy"] == 0.0 and r["table"][1]["balanced_accuracy"] == 0.0
+
+
 def test_ensemble_of_runs_is_one_model_and_rebalances(tiny_root, tmp_path):
     import numpy as np
 

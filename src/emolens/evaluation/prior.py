@@ -114,6 +114,9 @@ def split_log_probs(
     """Run a checkpoint on a split: ``{"ckpt", "model", "log_probs", "labels", "classes", "counts", "log_prior",
     "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales).
 
+    A set with fewer classes than the model (an 8-class model on 7-class RAF-DB) is scored as the user sees it:
+    ``labels`` index the model's classes, and an answer the set never holds (contempt) is wrong.
+
     ``views`` other than "single" average the model over views of each face
     (:data:`emolens.tta.VIEWS`): how a multi-view distillation teacher answers."""
     from torch.utils.data import DataLoader
@@ -126,17 +129,20 @@ def split_log_probs(
     ckpt = load_checkpoint(checkpoint)
     model, pre = build_from_checkpoint(ckpt, str(checkpoint))
     ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
-    if list(ds.classes) != list(ckpt["classes"]):
-        raise CheckpointError(f"{ds.name} classes {list(ds.classes)} differ from the model's {ckpt['classes']}")
+    classes = list(ckpt["classes"])
+    unknown = [c for c in ds.classes if c not in classes]
+    if unknown:
+        raise CheckpointError(f"{ds.name} has classes {unknown} that the model does not answer ({classes})")
     loader = DataLoader(ds, batch_size=256)
     probs, labels, _ = predict_loader(model, loader, torch.device("cpu"), tta=views, progress=progress)
+    labels = np.array([classes.index(c) for c in ds.classes])[labels]  # the set's labels as the model's classes
     counts = train_counts(ckpt)
     return {
         "ckpt": ckpt,
         "model": model,
         "log_probs": np.log(np.maximum(probs, 1e-12)),
         "labels": labels,
-        "classes": list(ds.classes),
+        "classes": classes,
         "counts": counts,
         "log_prior": class_log_prior(counts),
         "name": ds.name,
