@@ -309,8 +309,8 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     assert ro["table"][0]["balanced_accuracy"] == pytest.approx(
         evaluate(run / "best.pt", "folder", tiny_root, "val", progress=False)["balanced_accuracy"], abs=1e-4
     )
-    with pytest.raises(ValueError, match="offset for unknown class 'calm'"):
-        rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "x.pt", offset={"calm": 1.0}, progress=False)
+    with pytest.raises(ValueError, match="offset for unknown class 'calm'"):  # (before the split is read)
+        rebalance(run / "best.pt", "folder", tmp_path / "no-such-root", tmp_path / "x.pt", offset={"calm": 1.0})
     for flags, message in (
         (["--offset", "neutral"], "--offset takes CLASS=VALUE with a number (got 'neutral')"),
         (["--offset", "neutral=0.2", "--tau", "0.1"], "--offset and --tau are two corrections: give one"),

@@ -190,8 +190,10 @@ def rebalance(
     ``offset`` (``{class: value}``) folds those per-class logit offsets as they are instead of a prior shift
     (e.g. ``{"neutral": 0.2}``: answer neutral more often); the table then has two rows, ``tau`` 0 without
     and with the offsets (``"offset"`` False / True)."""
-    from ..checkpoint import save_atomic
+    from ..checkpoint import load_checkpoint, save_atomic
 
+    if offset:  # a class the model does not answer is refused before the split is run
+        offset_vector(offset, load_checkpoint(checkpoint)["classes"])
     run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
     ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
     if offset:
@@ -236,8 +238,9 @@ def _fold_offset(run: dict, offset: dict[str, float], out: str | Path) -> dict:
     ckpt, model, classes = run["ckpt"], run["model"], run["classes"]
     vec = offset_vector(offset, classes)
     table = []
-    for with_offset in (False, True):
-        row = prior_shift_table(run["log_probs"] + with_offset * vec[None], run["labels"], vec, classes, (0.0,))[0]
+    for with_offset in (False, True):  # the split's scores as it was and with the offsets (a table row, tau 0)
+        shifted = run["log_probs"] + with_offset * vec[None]
+        row = prior_shift_table(shifted, run["labels"], np.zeros(len(classes)), classes, (0.0,))[0]
         table.append({**row, "offset": with_offset})
     with torch.no_grad():
         output_bias(model).add_(torch.as_tensor(vec, dtype=torch.float32))
