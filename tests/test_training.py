@@ -659,6 +659,30 @@ def test_logit_adjustment_by_each_faces_own_dataset_prior(tiny_root, tmp_path):
     assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
 
 
+def test_average_of_checkpoints_is_one_model_with_the_mean_weights(tiny_root, tmp_path):
+    """``emolens ensemble --average``: the epochs of a run as one model of the same size whose every weight is the
+    mean of theirs (a known average); checkpoints of different models are refused."""
+    from emolens.checkpoint import average_checkpoints
+    from emolens.cli import main
+
+    # (two seeds here, to make the two sets of weights differ everywhere; in use, epochs of one run)
+    paths = [
+        train(_cfg(tiny_root, tmp_path / name, epochs=1, seed=seed)) / "best.pt" for name, seed in (("a", 0), ("b", 1))
+    ]
+    first, second = (load_checkpoint(p)["state_dict"] for p in paths)
+    assert main(["ensemble", "--average", *map(str, paths), "--out", str(tmp_path / "avg.pt")]) == 0
+    avg = load_checkpoint(tmp_path / "avg.pt")
+    assert avg["model"] == "fernet_tiny" and "optimizer" not in avg and avg["averaged"] == [str(p) for p in paths]
+    for k, v in avg["state_dict"].items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (first[k] + second[k]) / 2, atol=1e-6), k
+    model, _ = build_from_checkpoint(avg)  # an ordinary checkpoint: it builds and answers
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 8)
+    cnn = train(_cfg(tiny_root, tmp_path / "c", model="paper_cnn", epochs=1))
+    with pytest.raises(CheckpointError, match="model"):
+        average_checkpoints([paths[0], cnn / "best.pt"])
+
+
 def test_ensemble_of_different_models_feeds_each_its_own_input(tmp_path):
     """A 48 px grey net and a 64 px colour net as one model: input 64 px RGB, each member on its own input;
     float16 storage halves the file; the ensemble exports to ONNX with the same answers."""

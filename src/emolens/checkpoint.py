@@ -266,3 +266,28 @@ def ensemble_checkpoints(paths: list[str | Path]) -> dict:
     for key in _TRAINING_ONLY:
         payload.pop(key, None)
     return payload
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint whose weights are the mean of ``paths``' (stochastic weight averaging, Izmailov et al.
+    2018): one model at one model's cost. Meaningful for checkpoints of one training trajectory (epochs of a run,
+    or a run and its ``--resume``), which must share model, classes and preprocessing; buffers that are not
+    floating point (BatchNorm's batch counter) are the last checkpoint's. With BatchNorm trained (not
+    ``--freeze-bn``) its running statistics are averaged too, an approximation."""
+    ckpts = _compatible(paths)
+    last = ckpts[-1]
+    keys = set(last["state_dict"])
+    for p, c in zip(paths, ckpts, strict=True):
+        if set(c["state_dict"]) != keys:
+            raise CheckpointError(f"{p}: its weights differ in names from {paths[-1]}'s")
+    state = {}
+    for k, v in last["state_dict"].items():
+        if v.is_floating_point():
+            state[k] = (sum(c["state_dict"][k].float() for c in ckpts) / len(ckpts)).to(v.dtype)
+        else:
+            state[k] = v
+    payload = {**last, "state_dict": state, "averaged": [str(p) for p in paths]}
+    for key in _TRAINING_ONLY:
+        if key != "config":  # the recipe of the run averaged
+            payload.pop(key, None)
+    return payload

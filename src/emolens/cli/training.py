@@ -249,13 +249,18 @@ def ensemble_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoints", nargs="+", help="checkpoints or bundled model names (different models may mix)")
     p.add_argument("--out", required=True)
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
+    p.add_argument(
+        "--average",
+        action="store_true",
+        help="average the weights instead (one model at one model's cost; for epochs of one run, same model)",
+    )
 
 
-@command("ensemble", "combine models into one checkpoint (mean log-probs)", ensemble_arguments)
+@command("ensemble", "combine models into one checkpoint (mean log-probs; --average: mean weights)", ensemble_arguments)
 def cmd_ensemble(a: argparse.Namespace) -> int:
-    from ..checkpoint import build_from_checkpoint, ensemble_checkpoints, half_state, save_atomic
+    from ..checkpoint import average_checkpoints, build_from_checkpoint, ensemble_checkpoints, half_state, save_atomic
 
-    payload = ensemble_checkpoints(a.checkpoints)
+    payload = (average_checkpoints if a.average else ensemble_checkpoints)(a.checkpoints)
     if a.half:  # what float16 storage changes: the float32 ensemble's answers against the stored one's
         import torch
 
@@ -269,7 +274,8 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
     save_atomic(payload, a.out)
     pre = payload["preprocess"]
     print(
-        f"wrote {a.out} ({payload['model']}: {len(a.checkpoints)} members; input {pre['image_size']} px "
+        f"wrote {a.out} ({payload['model']}: {len(a.checkpoints)} {'averaged' if a.average else 'members'}; "
+        f"input {pre['image_size']} px "
         f"{'grey' if pre['channels'] == 1 else 'RGB'})"
     )
     if a.half:
