@@ -192,27 +192,33 @@ def rebalance(
     and with the offsets (``"offset"`` False / True)."""
     from ..checkpoint import load_checkpoint, save_atomic
 
-    if offset:  # a class the model does not answer is refused before the split is run
-        offset_vector(offset, load_checkpoint(checkpoint)["classes"])
+    # an offset naming a class the model does not answer is refused before the split is run
+    vec = offset_vector(offset, load_checkpoint(checkpoint)["classes"]) if offset else None
     run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
     ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
-    if offset:
-        return _fold_offset(run, offset, out)
-    if tau is not None:
-        taus, metric = sorted({*taus, round(float(tau), 4)}), "fixed"
-    table = prior_shift_table(run["log_probs"], run["labels"], log_prior, run["classes"], taus)
-    if tau is not None:
-        best = next(r for r in table if r["tau"] == round(float(tau), 4))
+    if vec is not None:  # the offsets are a "prior" folded at tau 1: the table's rows are tau 0 (as it was) and 1
+        rows = prior_shift_table(run["log_probs"], run["labels"], vec, run["classes"], (0.0, 1.0))
+        table = [{**row, "tau": 0.0, "offset": row["tau"] == 1.0} for row in rows]
+        best, metric, shift = {"tau": 0.0}, "fixed", vec
+        record = {"offset": {c: float(v) for c, v in zip(run["classes"], vec, strict=True) if v}}
     else:
-        best = choose_row(table, metric, min_bal, min_recall)
+        if tau is not None:
+            taus, metric = sorted({*taus, round(float(tau), 4)}), "fixed"
+        table = prior_shift_table(run["log_probs"], run["labels"], log_prior, run["classes"], taus)
+        if tau is not None:
+            best = next(r for r in table if r["tau"] == round(float(tau), 4))
+        else:
+            best = choose_row(table, metric, min_bal, min_recall)
+        shift = best["tau"] * log_prior
+        record = {"floors": {"balanced_accuracy": min_bal, "min_recall": min_recall}}
     with torch.no_grad():
-        output_bias(model).add_(torch.as_tensor(best["tau"] * log_prior, dtype=torch.float32))
+        output_bias(model).add_(torch.as_tensor(shift, dtype=torch.float32))
     ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     ckpt["train_counts"] = run["counts"].tolist()
     ckpt["prior_shift"] = {
         "tau": best["tau"],
         "metric": metric,
-        "floors": {"balanced_accuracy": min_bal, "min_recall": min_recall},
+        **record,
         "selected_on": run["name"],
         "table": table,
         "previous": ckpt.get("prior_shift"),
@@ -229,30 +235,3 @@ def offset_vector(offset: dict[str, float], classes: Sequence[str]) -> np.ndarra
             raise ValueError(f"offset for unknown class {name!r}; the model's classes are {list(classes)}")
         vec[list(classes).index(name)] = float(value)
     return vec
-
-
-def _fold_offset(run: dict, offset: dict[str, float], out: str | Path) -> dict:
-    """:func:`rebalance` with fixed per-class offsets: fold them, record them, report before / after."""
-    from ..checkpoint import save_atomic
-
-    ckpt, model, classes = run["ckpt"], run["model"], run["classes"]
-    vec = offset_vector(offset, classes)
-    table = []
-    for with_offset in (False, True):  # the split's scores as it was and with the offsets (a table row, tau 0)
-        shifted = run["log_probs"] + with_offset * vec[None]
-        row = prior_shift_table(shifted, run["labels"], np.zeros(len(classes)), classes, (0.0,))[0]
-        table.append({**row, "offset": with_offset})
-    with torch.no_grad():
-        output_bias(model).add_(torch.as_tensor(vec, dtype=torch.float32))
-    ckpt["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    ckpt["train_counts"] = run["counts"].tolist()
-    ckpt["prior_shift"] = {
-        "tau": 0.0,
-        "offset": {c: float(v) for c, v in zip(classes, vec, strict=True) if v},
-        "metric": "fixed",
-        "selected_on": run["name"],
-        "table": table,
-        "previous": ckpt.get("prior_shift"),
-    }
-    save_atomic(ckpt, out)
-    return {"tau": 0.0, "metric": "fixed", "table": table, "out": str(out), "selected_on": run["name"]}
