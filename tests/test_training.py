@@ -309,6 +309,23 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     assert ro["table"][0]["balanced_accuracy"] == pytest.approx(
         evaluate(run / "best.pt", "folder", tiny_root, "val", progress=False)["balanced_accuracy"], abs=1e-4
     )
+    # the CLI folds the same weights and prints the two rows it scored
+    rc = subprocess.run(
+        [sys.executable, "-m", "emolens.cli", "rebalance", str(run / "best.pt"), "--dataset", "folder"]
+        + ["--root", str(tiny_root), "--offset", "neutral=50", "--out", str(tmp_path / "off_cli.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr
+    rows = [line.split() for line in rc.stdout.splitlines() if line.startswith(("offset", "as it was"))]
+    assert [row[-4:-3] for row in rows] == [
+        [f"{ro['table'][0]['balanced_accuracy']:.4f}"],
+        ["0.2500"],
+    ], rc.stdout
+    assert "logit offsets neutral +50, as given" in rc.stdout
+    cli = load_checkpoint(tmp_path / "off_cli.pt")
+    assert torch.equal(cli["state_dict"]["classifier.bias"], off["state_dict"]["classifier.bias"])
+    assert cli["prior_shift"]["offset"] == {"neutral": 50.0}
     with pytest.raises(ValueError, match="offset for unknown class 'calm'"):  # (before the split is read)
         rebalance(run / "best.pt", "folder", tmp_path / "no-such-root", tmp_path / "x.pt", offset={"calm": 1.0})
     for flags, message in (
