@@ -110,6 +110,7 @@ def split_log_probs(
     extra: Sequence[str] = (),
     progress: bool = True,
     views: str = "single",
+    ckpt: dict | None = None,
 ) -> dict:
     """Run a checkpoint on a split: ``{"ckpt", "model", "log_probs", "labels", "classes", "counts", "log_prior",
     "name"}`` (``counts``/``log_prior``: the checkpoint's training classes, the prior a shift scales).
@@ -118,7 +119,8 @@ def split_log_probs(
     ``labels`` index the model's classes, and an answer the set never holds (contempt) is wrong.
 
     ``views`` other than "single" average the model over views of each face
-    (:data:`emolens.tta.VIEWS`): how a multi-view distillation teacher answers."""
+    (:data:`emolens.tta.VIEWS`): how a multi-view distillation teacher answers. ``ckpt``: the checkpoint already
+    loaded from ``checkpoint``, so it is not read twice."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, train_counts
@@ -126,7 +128,7 @@ def split_log_probs(
     from ..transforms import eval_transform
     from .inference import predict_loader
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
     model, pre = build_from_checkpoint(ckpt, str(checkpoint))
     ds = open_dataset(dataset, root, split, pre.image_size, pre.channels, eval_transform(pre), extra=extra, cache=False)
     classes = list(ckpt["classes"])
@@ -192,9 +194,10 @@ def rebalance(
     and with the offsets (``"offset"`` False / True)."""
     from ..checkpoint import load_checkpoint, save_atomic
 
+    loaded = load_checkpoint(checkpoint)
     # an offset naming a class the model does not answer is refused before the split is run
-    vec = offset_vector(offset, load_checkpoint(checkpoint)["classes"]) if offset else None
-    run = split_log_probs(checkpoint, dataset, root, split, extra, progress)
+    vec = offset_vector(offset, loaded["classes"]) if offset else None
+    run = split_log_probs(checkpoint, dataset, root, split, extra, progress, ckpt=loaded)
     ckpt, model, log_prior = run["ckpt"], run["model"], run["log_prior"]
     if vec is not None:  # the offsets are a "prior" folded at tau 1: the table's rows are tau 0 (as it was) and 1
         rows = prior_shift_table(run["log_probs"], run["labels"], vec, run["classes"], (0.0, 1.0))
