@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REPO, make_affectnet_yolo, make_folder_dataset, make_rafdb
 
+import emolens.checkpoint as checkpoint_module
 from emolens.checkpoint import build_from_checkpoint, unwrap
 from emolens.evaluation.evaluate import evaluate
 from emolens.evaluation.inference import predict_loader
@@ -229,7 +230,7 @@ def test_class_rows_picks_the_rows_of_the_new_classes_in_their_order():
     assert out["body.w"] is state["body.w"]  # same shape as the target's: not a class-indexed tensor
 
 
-def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path):
+def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_path, monkeypatch):
     import numpy as np
 
     from emolens.checkpoint import folded_tau
@@ -297,7 +298,13 @@ def test_rebalance_folds_the_chosen_prior_shift_into_the_model(tiny_root, tmp_pa
     assert torch.allclose(raw["state_dict"]["classifier.bias"], before["state_dict"]["classifier.bias"], atol=1e-5)
     # fixed per-class offsets: folded as given, recorded, and the table's "offset" row is what the model now scores
     # (a large neutral offset makes every face neutral: recall 1 for neutral, 0 for the other three classes)
+    reads, real_load = [], checkpoint_module.load_checkpoint
+    monkeypatch.setattr(
+        checkpoint_module, "load_checkpoint", lambda p, *a, **k: reads.append(p) or real_load(p, *a, **k)
+    )
     ro = rebalance(run / "best.pt", "folder", tiny_root, tmp_path / "off.pt", offset={"neutral": 50.0}, progress=False)
+    monkeypatch.undo()
+    assert reads == [run / "best.pt"]  # the offset's class check and the validation run share one read
     off = load_checkpoint(tmp_path / "off.pt")
     moved = off["state_dict"]["classifier.bias"] - before["state_dict"]["classifier.bias"]
     assert moved.tolist() == pytest.approx([50.0] + [0.0] * 7, abs=1e-4)
