@@ -9,9 +9,12 @@ known boxes and labels. Each configuration runs in its own process, so peak memo
 small matrices in a loop on every core, with OpenMP's default wait policy, as another user program would).
 ``--threads-set`` compares thread settings in the same run: ``default`` (what the CLI does), ``1``, ``2``...,
 and ``before`` (the default with OpenMP's wait policy left to the library, as emolens ran before it set it).
+``--runtimes`` compares what runs the classifier in the same run: ``auto`` (what the CLI does), ``torch``,
+``onnxruntime``.
 
     python benchmarks/live_speed.py [--frames 150] [--checkpoint PATH]
     python benchmarks/live_speed.py --detectors yunet --faces 1,8 --load none,mixed --threads-set default,1,2,before
+    python benchmarks/live_speed.py --detectors yunet --faces 1,8 --runtimes torch,onnxruntime --repeat 3
 """
 
 from __future__ import annotations
@@ -58,7 +61,14 @@ def clear_faces(n: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
 
 
 def run_one(
-    detector: str, n_faces: int, frames: int, checkpoint: str | None, yunet: str, margin: float, threads: int
+    detector: str,
+    n_faces: int,
+    frames: int,
+    checkpoint: str | None,
+    yunet: str,
+    margin: float,
+    threads: int,
+    runtime: str = "auto",
 ) -> dict:
     from emolens.live.classifier import EmotionClassifier
     from emolens.live.detectors import create_detector
@@ -71,7 +81,8 @@ def run_one(
     truth = make_clip([f for f, _ in faces], clip, n_frames=frames)
     labels = [y for _, y in faces]
     # threads 0: the classifier's own automatic choice, as the CLI makes it (one thread for 1-2 faces, else the cores)
-    clf = EmotionClassifier(checkpoint, threads=threads or None)
+    backend = {"onnxruntime": "onnx"}.get(runtime, runtime)
+    clf = EmotionClassifier(checkpoint, backend=backend, threads=threads or None)
     from emolens.live.crop import crop_faces
     from emolens.live.detectors import Face
 
@@ -123,6 +134,7 @@ def run_one(
     st = s["stage_ms"]
     return {
         "detector": detector,
+        "runtime": clf.backend,
         "faces": n_faces,
         "frames": s["frames_read"],
         "fps": s["fps"],
@@ -176,11 +188,12 @@ def stop_load(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def _run_config(a: argparse.Namespace, load: str, detector: str, n: int, setting: str) -> dict:
-    """One configuration in its own process, beside load ``load``."""
+def _run_config(a: argparse.Namespace, load: str, detector: str, n: int, config: str) -> dict:
+    """One configuration (``THREADS_SETTING/RUNTIME``) in its own process, beside load ``load``."""
+    setting, runtime = config.split("/")
     threads = "0" if setting in ("default", "before") else setting
     cmd = [sys.executable, __file__, "--one", f"{detector}:{n}", "--frames", str(a.frames)]
-    cmd += ["--margin", str(a.margin), "--threads", threads]
+    cmd += ["--margin", str(a.margin), "--threads", threads, "--runtimes", runtime]
     if a.checkpoint:
         cmd += ["--checkpoint", a.checkpoint]
     env = dict(os.environ)
@@ -204,6 +217,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="classifier threads (0: the CLI's automatic choice)")
     ap.add_argument("--load", default="none", help="comma list of loads to run beside: none, busy, mixed")
     ap.add_argument("--threads-set", help="comma list of thread settings to compare: default, before, 1, 2, ...")
+    ap.add_argument("--runtimes", default="auto", help="comma list of classifier runtimes: auto, torch, onnxruntime")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration, interleaved; median FPS kept")
     ap.add_argument("--name", default="live_speed", help="results/<name>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -211,10 +225,11 @@ def main() -> None:
     yunet = str(shared("models/face_detection_yunet_2026may.onnx"))
     if a.one:
         d, n = a.one.split(":")
-        print(json.dumps(run_one(d, int(n), a.frames, a.checkpoint, yunet, a.margin, a.threads)))
+        print(json.dumps(run_one(d, int(n), a.frames, a.checkpoint, yunet, a.margin, a.threads, a.runtimes)))
         return
     rows = []
-    settings = a.threads_set.split(",") if a.threads_set else [str(a.threads or "default")]
+    threads_set = a.threads_set.split(",") if a.threads_set else [str(a.threads or "default")]
+    settings = [f"{t}/{r}" for t in threads_set for r in a.runtimes.split(",")]
     for load in a.load.split(","):
         for d in a.detectors.split(","):
             for n in map(int, a.faces.split(",")):
@@ -225,13 +240,15 @@ def main() -> None:
                 for setting in settings:
                     fps = [x["fps"] for x in runs[setting]]
                     mid = sorted(runs[setting], key=lambda x: x["fps"])[len(fps) // 2]
-                    rows.append({"load": load, "threads_setting": setting, **mid, "fps_runs": fps})
-                    print(f"  {load} {d} {n} faces, threads {setting}: FPS {fps}", file=sys.stderr)
+                    t, r = setting.split("/")
+                    rows.append({"load": load, "threads_setting": t, "runtime_asked": r, **mid, "fps_runs": fps})
+                    print(f"  {load} {d} {n} faces, threads {t}, runtime {r}: FPS {fps}", file=sys.stderr)
     print_table(
         rows,
         [
             "load",
             "threads_setting",
+            "runtime",
             "detector",
             "faces",
             "fps",

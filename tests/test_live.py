@@ -285,7 +285,9 @@ def test_classifier_tta_averages_the_views_of_each_face(classifier, tmp_path):
     """``tta="flip"`` is the mean of the probabilities of the crops and their mirror images, exactly; ten views
     differ from one; ONNX refuses views it cannot run."""
     faces = np.random.default_rng(1).integers(0, 255, (5, 48, 48), dtype=np.uint8)
+    classifier = EmotionClassifier(backend="torch")  # its network is read below
     flip = EmotionClassifier(tta="flip")
+    assert flip.backend == "torch"  # auto runs views in PyTorch
     want = (classifier.predict(faces) + classifier.predict(np.ascontiguousarray(faces[:, :, ::-1]))) / 2
     assert np.abs(flip.predict(faces) - want).max() < 1e-5
     ten = EmotionClassifier(tta="shift-flip").predict(faces)
@@ -591,13 +593,13 @@ def test_automatic_threads_run_small_batches_on_one_thread_and_large_ones_on_all
     assert default_threads() == max(1, os.cpu_count() or 1) and default_threads(10_000) == 1
     before = torch.get_num_threads()
     try:
-        auto = EmotionClassifier(max_threads=4)
+        auto = EmotionClassifier(max_threads=4, backend="torch")
         faces = np.zeros((8, 48, 48), np.uint8)
         auto.predict(faces[:SMALL_BATCH])
         assert torch.get_num_threads() == 1
         auto.predict(faces)
         assert torch.get_num_threads() == 4
-        fixed = EmotionClassifier(threads=3)
+        fixed = EmotionClassifier(threads=3, backend="torch")
         fixed.predict(faces[:1])
         assert torch.get_num_threads() == 3 and not fixed.adaptive
     finally:

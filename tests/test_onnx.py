@@ -131,3 +131,74 @@ def test_an_onnx_file_without_metadata_is_refused_in_one_line(exported, tmp_path
     assert main(["live", "--source", "sample", "--max-frames", "1", "--onnx", str(tmp_path / "half.onnx"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "half.onnx: emolens metadata lacks input, input.size" in err
+
+
+# ------------------------------------------------------------------ --runtime auto: the cached export
+def test_auto_runtime_runs_the_cached_export_and_answers_as_pytorch(tmp_path, monkeypatch):
+    """The default runtime on the CPU is ONNX Runtime on an export made once per checkpoint: a second classifier
+    reuses the file, a changed checkpoint gets its own, and the answers are PyTorch's."""
+    import shutil
+
+    import emolens.export as export
+    from emolens.live.classifier import EmotionClassifier
+
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = export.export_onnx
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: calls.append(a) or real(*a, **k))
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(_bundled_path("faceres_v2"), ckpt)
+    first = EmotionClassifier(ckpt)
+    assert first.backend == "onnx" and first.checkpoint == ckpt and len(calls) == 1
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    second = EmotionClassifier(ckpt)
+    assert second.backend == "onnx" and len(calls) == 1  # read from the cache, not exported again
+    faces = np.random.default_rng(0).integers(0, 255, (5, 112, 112, 3), dtype=np.uint8)
+    torch_probs = EmotionClassifier(ckpt, backend="torch").predict(faces)
+    assert np.abs(second.predict(faces) - torch_probs).max() < TOL
+    shutil.copy(_bundled_path("fernet_v3"), ckpt)  # other bytes, same path: a new export
+    third = EmotionClassifier(ckpt)
+    assert len(calls) == 2 and third.preprocess.image_size == 48
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+
+def test_auto_runtime_falls_back_to_pytorch_where_onnx_cannot_serve(tmp_path, monkeypatch):
+    """Views (tta), a missing ONNX Runtime and a failed export all leave the classifier in PyTorch; asking
+    for ONNX Runtime explicitly raises instead of falling back."""
+    import emolens.export as export
+    import emolens.live.classifier as classifier_module
+    from emolens.live.classifier import EmotionClassifier
+    from emolens.live.settings import PipelineSettings
+
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    assert EmotionClassifier(tta="flip").backend == "torch"
+    assert PipelineSettings(runtime="torch").classifier().backend == "torch"
+    assert PipelineSettings().classifier().backend == "onnx"
+    monkeypatch.setattr(classifier_module, "onnx_available", lambda: False)
+    assert EmotionClassifier().backend == "torch"
+    monkeypatch.undo()
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache2"))
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    with pytest.warns(UserWarning, match="exporter broke"):
+        assert EmotionClassifier().backend == "torch"
+    with pytest.raises(RuntimeError, match="exporter broke"):
+        EmotionClassifier(backend="onnx")
+    assert not list((tmp_path / "cache2" / "onnx").glob("*"))  # nothing half-written is left
+
+
+def test_cached_export_refuses_an_export_that_differs_from_pytorch(tmp_path, monkeypatch):
+    import emolens.export as export
+
+    real = export.export_onnx
+
+    def drifting(*a, **k):
+        return {**real(*a, **k), "max_abs_diff": 0.2}
+
+    monkeypatch.setattr(export, "export_onnx", drifting)
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        export.cached_export(_bundled_path("fernet_v3"), cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*"))

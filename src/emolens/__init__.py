@@ -44,9 +44,9 @@ def load_model(checkpoint: str | Path | None = None, **settings: Any) -> Pipelin
     a bundled model's name such as ``"faceres_v2"``) behind a face detector, with the same defaults as the CLI
     and the server. ``settings`` are the fields of
     :class:`~emolens.live.settings.PipelineSettings`: ``detector`` (auto, yunet, haar), ``detector_model``,
-    ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``. A value outside
-    its range (:data:`emolens.options.PIPELINE`, the same as the CLI flags') raises :class:`ValueError` before any
-    model is loaded."""
+    ``margin``, ``align``, ``smooth``, ``alpha``, ``window``, ``threads``, ``device``, ``onnx``, ``runtime``. A
+    value outside its range (:data:`emolens.options.PIPELINE`, the same as the CLI flags') raises
+    :class:`ValueError` before any model is loaded."""
     from .live.settings import PipelineSettings
 
     return PipelineSettings(checkpoint=str(checkpoint) if checkpoint else None, **settings).build()

@@ -2,18 +2,21 @@
 
 The file's metadata (key ``emolens``, a JSON object) records everything a runtime needs besides the graph:
 the input size, channels and colour order, the normalisation, the class names in output order and the face-crop
-rule. ``emolens predict/live/batch/serve --onnx FILE`` read it and need no checkpoint.
+rule. ``emolens predict/live/batch/serve --onnx FILE`` read it and need no checkpoint. :func:`cached_export` is
+the export the pipeline runs on the CPU by default (``--runtime auto``), made once per checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import build_from_checkpoint, load_checkpoint
+from .download import default_cache_dir, sha256_of
 from .geometry import FER_CROP_SCALE
 from .transforms import Preprocess
 
@@ -22,6 +25,9 @@ META_KEY = "emolens"
 META_VERSION = 1
 _REQUIRED = ("model", "classes", "input", "crop")
 _INPUT = ("size", "channels", "colour", "mean", "std")
+#: Largest difference of any class probability between an export and its checkpoint that :func:`cached_export`
+#: accepts (measured: below 1e-6 for the bundled models).
+PARITY_TOLERANCE = 1e-4
 
 
 class OnnxMetadataError(ValueError):
@@ -118,6 +124,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
         # tracing warns about Python-side shape arithmetic (e.g. the input size a global pool reads); the graph
         # is checked against PyTorch below and with a batch of another size, so the warning says nothing here
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # PyTorch marks its TorchScript-based exporter deprecated; it is the one that exports these models exactly
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
             (x,),
@@ -144,3 +152,32 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
         got = torch.from_numpy(sess.run(None, {"faces": xb.numpy()})[0]).softmax(1).numpy()
         info["max_abs_diff"] = float(np.abs(ref - got).max())
     return info
+
+
+def cached_export(checkpoint: str | Path, cache_dir: str | Path | None = None, opset: int = 17) -> Path:
+    """The ONNX export of ``checkpoint``, written once under ``cache_dir`` (default ``$EMOLENS_CACHE/onnx``) and
+    reused while the checkpoint's bytes, PyTorch's version and ``opset`` stay the same.
+
+    The export is checked against PyTorch before it is kept: a difference of class probabilities above
+    :data:`PARITY_TOLERANCE` raises :class:`RuntimeError` and leaves nothing in the cache. The file appears
+    atomically, so processes that start together never read half an export.
+    """
+    checkpoint = Path(checkpoint)
+    key = f"{sha256_of(checkpoint)[:16]}-torch{torch.__version__.split('+')[0]}-opset{opset}"
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
+    target = folder / f"{checkpoint.stem}-{key}.onnx"
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{target.name}.{os.getpid()}.tmp"
+    try:
+        info = export_onnx(checkpoint, tmp, opset=opset)
+        if not info["max_abs_diff"] <= PARITY_TOLERANCE:
+            raise RuntimeError(
+                f"{checkpoint}: its ONNX export differs from PyTorch by {info['max_abs_diff']:.2e} in a class "
+                f"probability (more than {PARITY_TOLERANCE:g}); run it with --runtime torch"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -214,6 +214,7 @@ PIPELINE: dict[str, Limit] = {
     "tta": OneOf("none", "flip", "shift-flip", "scale"),
     "threads": Range(int, 0),  # 0: the CPU cores
     "device": DEVICE,
+    "runtime": OneOf("auto", "torch", "onnxruntime"),
 }
 
 #: Streams (``emolens live``, :meth:`Pipeline.run`, :func:`emolens.stream`, batch videos).

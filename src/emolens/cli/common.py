@@ -178,3 +178,12 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
         default=d.threads,
     )
     _limited(p, "--device", DEVICE, "where the classifier runs (auto: cuda if available)", default=d.device)
+    _limited(
+        p,
+        "--runtime",
+        PIPELINE["runtime"],
+        "what runs the classifier: auto (ONNX Runtime on the CPU, the checkpoint exported once and cached: "
+        "half the classifier's time for a 112 px colour model; PyTorch with --tta, on a GPU or if the export "
+        "fails), torch, or onnxruntime",
+        default=d.runtime,
+    )

@@ -24,6 +24,7 @@ class PipelineSettings:
 
     checkpoint: str | None = None  # None: the bundled model
     onnx: str | None = None  # run this ONNX export instead of the PyTorch checkpoint
+    runtime: str = "auto"  # auto | torch | onnxruntime: what runs the classifier (auto: ONNX Runtime on the CPU)
     detector: str = "auto"  # auto | yunet | haar
     detector_model: str | None = None  # local YuNet ONNX file
     margin: float = 0.0  # extra context per side around the FER-like crop
@@ -49,7 +50,7 @@ class PipelineSettings:
 
         return EmotionClassifier(
             self.checkpoint,
-            backend="onnx" if self.onnx else "torch",
+            backend="onnx" if self.onnx or self.runtime == "onnxruntime" else self.runtime,
             onnx_path=self.onnx,
             device=self.device,
             threads=self.threads,
