@@ -65,14 +65,19 @@ def recall_table() -> list[str]:
     return out
 
 
-def speed_rows() -> dict[str, dict[int, float]]:
-    """FPS with 1 and 8 faces of each bundled model, the two runs made back to back (YuNet, 2 threads)."""
+#: The live-speed runs of the bundled models: each compares PyTorch and ONNX Runtime in one run (idle, YuNet).
+SPEED_RUNS = (
+    ("`fernet_v3` (default)", "live_speed_onnx_fernet_v3"),
+    ("`faceres_v2`", "live_speed_onnx_faceres_v2"),
+)
+
+
+def speed_rows(runtime: str = "onnx") -> dict[str, dict[int, float]]:
+    """FPS with 1 and 8 faces of each bundled model with ``runtime`` ("onnx": the default, ``--runtime auto``)."""
     out = {}
-    for model, name in (
-        ("`fernet_v3` (default)", "live_speed_v3_beside_faceres_v2"),
-        ("`faceres_v2`", "live_speed_faceres_v2"),
-    ):
-        out[model] = {r["faces"]: r["fps"] for r in load(name)["rows"] if r["detector"] == "yunet"}
+    for model, name in SPEED_RUNS:
+        rows = load(name)["rows"]
+        out[model] = {r["faces"]: r["fps"] for r in rows if r["detector"] == "yunet" and r["runtime"] == runtime}
     return out
 
 
@@ -124,17 +129,23 @@ def document() -> str:
         "",
         *recall_table(),
         "",
-        "## Live speed (`live_speed_faceres_v2.json`, `live_speed_v3_beside_faceres_v2.json`, "
+        "## Live speed (`live_speed_onnx_fernet_v3.json`, `live_speed_onnx_faceres_v2.json`, "
         "`live_speed_load_default.json`)",
         "",
         "`emolens live` end to end (decode, YuNet, classifier, tracking, drawing, encoding) on a 640x480 clip of",
-        "real faces, 2 threads; the two models back to back:",
+        "real faces, default threads, idle, median of 3; each model's run compares the classifier in ONNX Runtime",
+        "(the default, `--runtime auto`) and in PyTorch (`--runtime torch`):",
         "",
-        "| model | 1 face | 8 faces |",
-        "|---|---|---|",
-        *[f"| {m} | {v[1]:.1f} FPS | {v[8]:.1f} FPS |" for m, v in speed_rows().items()],
+        "| model | runtime | 1 face | 8 faces |",
+        "|---|---|---|---|",
+        *[
+            f"| {m} | {label} | {v[1]:.1f} FPS | {v[8]:.1f} FPS |"
+            for rt, label in (("onnx", "ONNX Runtime (default)"), ("torch", "PyTorch"))
+            for m, v in speed_rows(rt).items()
+        ],
         "",
-        "The default thread choice, idle and beside a busy loop plus a PyTorch process (`--load mixed`), median of 5:",
+        "The default thread choice in PyTorch (before ONNX Runtime became the default), idle and beside a busy loop",
+        "plus a PyTorch process (`--load mixed`), median of 5:",
         "",
         "| load | faces | FPS |",
         "|---|---|---|",

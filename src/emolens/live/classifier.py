@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import build_from_checkpoint, load_checkpoint, resolve_checkpoint
+from ..checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, resolve_checkpoint
 from ..runtime import resolve_device
 from ..transforms import Preprocess
 
@@ -99,6 +99,8 @@ class EmotionClassifier:
             if backend == "onnx" and onnx_path is None:
                 try:
                     onnx_path = self._export(checkpoint)
+                except CheckpointError:
+                    raise  # a missing, damaged or refused checkpoint: PyTorch could not load it either
                 except Exception as e:  # noqa: BLE001 - any failure of the optional fast path falls back to PyTorch
                     warnings.warn(f"ONNX Runtime not used ({e}); the classifier runs in PyTorch", stacklevel=2)
                     backend = "torch"

@@ -35,6 +35,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     check_fields(s.pipeline, PIPELINE)
     s.data_dir = private_data_dir(s.data_dir, private=Path(s.data_dir) == default_data_dir())
     spool_uploads_in(s.data_dir / "tmp")
+    # the classifier's ONNX export (--runtime auto) is cached inside the data folder too, unless the user set a cache
+    os.environ.setdefault("EMOLENS_CACHE", str(s.data_dir / "cache"))
     redact_access_log()
     svc = Service(s)
     try:  # /docs and /redoc from files inside fastapi-offline, so they work offline (FastAPI's load a CDN)

@@ -20,7 +20,7 @@ class UnsafeDataDir(RuntimeError):
 
 def private_data_dir(path: str | os.PathLike, private: bool = True) -> Path:
     """``path`` created (mode 0700) or checked, then resolved: refused with :class:`UnsafeDataDir` if it, or its
-    ``tmp``/``jobs`` folders or ``jobs.db``, is a symlink or belongs to another user, and (``private``, the
+    ``tmp``/``cache``/``jobs`` folders or ``jobs.db``, is a symlink or belongs to another user, and (``private``, the
     default folder) if other users may write to it. The server deletes old files only inside it."""
     p = Path(path)
     p.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def private_data_dir(path: str | os.PathLike, private: bool = True) -> Path:
         raise UnsafeDataDir(f"{p}: the data folder belongs to another user; give your own (--data-dir)")
     if private and st.st_mode & 0o022:
         raise UnsafeDataDir(f"{p}: other users may write to the data folder (mode {stat.filemode(st.st_mode)})")
-    for name in ("tmp", "jobs", "jobs.db", "jobs.db-wal", "jobs.db-shm"):
+    for name in ("tmp", "cache", "jobs", "jobs.db", "jobs.db-wal", "jobs.db-shm"):
         q = p / name
         if q.is_symlink():
             raise UnsafeDataDir(f"{q}: a symbolic link inside the data folder; remove it or use another --data-dir")

@@ -4,6 +4,7 @@ the work pool that keeps at most a few decoded images in memory, off the event l
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -172,10 +173,12 @@ async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes
 
 
 def spool_uploads_in(folder: Path) -> None:
-    """Make this process's temporary files (uploads spooled by the multipart parser) go to ``folder``, and
-    remove what a killed server left there. The server writes nowhere outside its data folder."""
+    """Make this process's temporary files (uploads spooled by the multipart parser, and what libraries that read
+    ``$TMPDIR`` write: ONNX Runtime leaves a session file there when it loads) go to ``folder``, and remove what a
+    killed server left there. The server writes nowhere outside its data folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.iterdir():
         if time.time() - stale.stat().st_mtime > 3600:  # (recent ones may be another worker's upload)
             stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale, ignore_errors=True)
     tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)  # (read by ONNX Runtime when it is imported, after this)
