@@ -654,3 +654,27 @@ def test_a_data_folder_another_user_prepared_is_refused_and_nothing_outside_it_i
     fresh.chmod(0o777)
     with pytest.raises(UnsafeDataDir, match="other users may write"):
         private_data_dir(default_data_dir())
+
+
+def test_building_the_app_leaves_the_process_environment_as_it_was(tmp_path, monkeypatch):
+    """The model loads with $TMPDIR inside the data folder (ONNX Runtime writes a session file there), and the
+    process's own $TMPDIR comes back afterwards: an embedding program's other libraries keep theirs."""
+    import os
+
+    import emolens.serve.app as app_module
+
+    seen = []
+    real = app_module.Service
+
+    def service(s):
+        seen.append((os.environ.get("TMPDIR"), os.environ.get("EMOLENS_CACHE")))
+        return real(s)
+
+    monkeypatch.setattr(app_module, "Service", service)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "mine"))
+    monkeypatch.delenv("EMOLENS_CACHE")
+    create_app(ServeSettings(data_dir=tmp_path / "data", pipeline=PipelineSettings(detector="haar")))
+    data = (tmp_path / "data").resolve()
+    assert seen == [(str(data / "tmp"), str(data / "cache"))]
+    assert os.environ["TMPDIR"] == str(tmp_path / "mine") and "EMOLENS_CACHE" not in os.environ
+    assert list((data / "cache" / "onnx").glob("*.onnx"))  # the export was made inside the data folder

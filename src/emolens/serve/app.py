@@ -21,7 +21,7 @@ from .folders import default_data_dir, private_data_dir
 from .guards import MULTIPART_SLACK, BodyLimit, admission, redact_access_log
 from .service import Service
 from .settings import LOOPBACK, ServeSettings, settings_env  # noqa: F401 - re-exported
-from .uploads import BIG_PIXELS, WORK_SLOTS, spool_uploads_in  # noqa: F401 - re-exported
+from .uploads import BIG_PIXELS, WORK_SLOTS, scoped_env, spool_uploads_in  # noqa: F401 - re-exported
 
 
 async def _http_error(request: Request, exc: HTTPException):
@@ -35,10 +35,12 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     check_fields(s.pipeline, PIPELINE)
     s.data_dir = private_data_dir(s.data_dir, private=Path(s.data_dir) == default_data_dir())
     spool_uploads_in(s.data_dir / "tmp")
-    # the classifier's ONNX export (--runtime auto) is cached inside the data folder too, unless the user set a cache
-    os.environ.setdefault("EMOLENS_CACHE", str(s.data_dir / "cache"))
     redact_access_log()
-    svc = Service(s)
+    # the model loads here: ONNX Runtime's session file and the classifier's export (--runtime auto) go inside the
+    # data folder too (the export into a cache the user set, if any), and the process's own settings come back
+    cache = os.environ.get("EMOLENS_CACHE") or str(s.data_dir / "cache")
+    with scoped_env(TMPDIR=str(s.data_dir / "tmp"), EMOLENS_CACHE=cache):
+        svc = Service(s)
     try:  # /docs and /redoc from files inside fastapi-offline, so they work offline (FastAPI's load a CDN)
         from fastapi_offline import FastAPIOffline as AppClass
     except ImportError:

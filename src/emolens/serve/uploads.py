@@ -4,6 +4,7 @@ the work pool that keeps at most a few decoded images in memory, off the event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -173,12 +174,27 @@ async def _read_limited(upload: UploadFile, limit_mb: float, dest=None) -> bytes
 
 
 def spool_uploads_in(folder: Path) -> None:
-    """Make this process's temporary files (uploads spooled by the multipart parser, and what libraries that read
-    ``$TMPDIR`` write: ONNX Runtime leaves a session file there when it loads) go to ``folder``, and remove what a
-    killed server left there. The server writes nowhere outside its data folder."""
+    """Make this process's temporary files (uploads spooled by the multipart parser) go to ``folder``, and
+    remove what a killed server left there. The server writes nowhere outside its data folder."""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.iterdir():
         if time.time() - stale.stat().st_mtime > 3600:  # (recent ones may be another worker's upload)
             stale.unlink(missing_ok=True) if stale.is_file() else shutil.rmtree(stale, ignore_errors=True)
     tempfile.tempdir = str(folder)
-    os.environ["TMPDIR"] = str(folder)  # (read by ONNX Runtime when it is imported, after this)
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str):
+    """Environment variables set for the block, then restored: for libraries that read them themselves while the
+    server loads its model (ONNX Runtime writes a session file in ``$TMPDIR`` when it is imported; the export
+    cache is ``$EMOLENS_CACHE``)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
