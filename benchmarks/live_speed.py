@@ -70,9 +70,9 @@ def run_one(
     threads: int,
     runtime: str = "auto",
 ) -> dict:
-    from emolens.live.classifier import EmotionClassifier
     from emolens.live.detectors import create_detector
     from emolens.live.pipeline import Pipeline
+    from emolens.live.settings import PipelineSettings
     from emolens.live.synthetic import make_clip
 
     faces = clear_faces(n_faces)
@@ -81,8 +81,7 @@ def run_one(
     truth = make_clip([f for f, _ in faces], clip, n_frames=frames)
     labels = [y for _, y in faces]
     # threads 0: the classifier's own automatic choice, as the CLI makes it (one thread for 1-2 faces, else the cores)
-    backend = {"onnxruntime": "onnx"}.get(runtime, runtime)
-    clf = EmotionClassifier(checkpoint, backend=backend, threads=threads or None)
+    clf = PipelineSettings(checkpoint=checkpoint, runtime=runtime, threads=threads).classifier()
     from emolens.live.crop import crop_faces
     from emolens.live.detectors import Face
 

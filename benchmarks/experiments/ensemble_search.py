@@ -121,11 +121,8 @@ def main() -> None:
     ap.add_argument("--cache", default=".ensemble_cache", help="folder of the members' cached log-probabilities")
     ap.add_argument("--out", default="ensemble_search", help="results/<out>.json")
     a = ap.parse_args()
-    import torch
-
     from emolens.checkpoint import load_checkpoint, resolve_checkpoint
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     specs = dict(m.split("=", 1) for m in a.members)
     pres = {k: load_checkpoint(resolve_checkpoint(v))["preprocess"] for k, v in specs.items()}
     # the ensemble's input is its widest member's (colour first), as emolens.checkpoint.ensemble_checkpoints

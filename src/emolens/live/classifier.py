@@ -94,23 +94,28 @@ class EmotionClassifier:
             raise ValueError("test-time augmentation (tta) runs with the PyTorch backend, not ONNX")
         self.device = resolve_device(device)
         self.threads = threads or max_threads or default_threads()
-        if backend == "auto":
+        auto = backend == "auto"
+        if auto:
             backend = "onnx" if self.views == "single" and self.device.type == "cpu" and onnx_available() else "torch"
-            if backend == "onnx" and onnx_path is None:
-                try:
-                    onnx_path = self._export(checkpoint)
-                except CheckpointError:
-                    raise  # a missing, damaged or refused checkpoint: PyTorch could not load it either
-                except Exception as e:  # noqa: BLE001 - any failure of the optional fast path falls back to PyTorch
-                    warnings.warn(f"ONNX Runtime not used ({e}); the classifier runs in PyTorch", stacklevel=2)
-                    backend = "torch"
-        elif backend == "onnx" and onnx_path is None:
-            onnx_path = self._export(checkpoint)
+        source = None  # the checkpoint behind a cached export (what :attr:`checkpoint` then names)
+        if backend == "onnx" and onnx_path is None:
+            from ..export import cached_export
+
+            source = resolve_checkpoint(checkpoint)
+            try:
+                onnx_path = cached_export(source)
+            except CheckpointError:
+                raise  # a damaged or refused checkpoint: PyTorch could not load it either
+            except Exception as e:  # noqa: BLE001 - auto's fast path falls back to PyTorch; asked-for ONNX raises
+                if not auto:
+                    raise
+                warnings.warn(f"ONNX Runtime not used ({e}); the classifier runs in PyTorch", stacklevel=2)
+                backend = "torch"
         self.backend = backend
         self.adaptive = not threads and self.device.type == "cpu" and backend == "torch"
         torch.set_num_threads(self.threads)
         if backend == "torch":
-            path = resolve_checkpoint(checkpoint)
+            path = source or resolve_checkpoint(checkpoint)
             ckpt = load_checkpoint(path)
             self.checkpoint = path
             self.classes: list[str] = list(ckpt["classes"])
@@ -129,22 +134,13 @@ class EmotionClassifier:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # the export describes itself: no checkpoint needed
             self.session, meta = open_onnx(onnx_path, opts)
-            self.checkpoint = self._source or Path(onnx_path)
+            self.checkpoint = source or Path(onnx_path)
             self.classes = list(meta["classes"])
             self.model_name = meta["model"]
             self.preprocess = metadata_preprocess(meta)
         p = self.preprocess
         self._mean = np.asarray(p.mean, np.float32).reshape(1, -1, 1, 1)
         self._std = np.asarray(p.std, np.float32).reshape(1, -1, 1, 1)
-
-    _source: Path | None = None  # the checkpoint behind a cached export (what :attr:`checkpoint` names)
-
-    def _export(self, checkpoint: str | Path | None) -> Path:
-        """The cached ONNX export of ``checkpoint`` (see :func:`emolens.export.cached_export`)."""
-        from ..export import cached_export
-
-        self._source = resolve_checkpoint(checkpoint)
-        return cached_export(self._source)
 
     def to_input(self, faces: np.ndarray) -> np.ndarray:
         """uint8 N x S x S (x 3) -> normalised float32 N x C x S x S, exactly as at training."""
