@@ -202,3 +202,22 @@ def test_cached_export_refuses_an_export_that_differs_from_pytorch(tmp_path, mon
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         export.cached_export(_bundled_path("fernet_v3"), cache_dir=tmp_path)
     assert not list(tmp_path.glob("*"))
+
+
+def test_the_runtime_flag_reaches_the_classifier(tmp_path, monkeypatch):
+    """`emolens predict --runtime X` builds the classifier X names; without the flag, auto picks ONNX Runtime."""
+    from emolens.live.classifier import EmotionClassifier
+
+    monkeypatch.setenv("EMOLENS_CACHE", str(tmp_path / "cache"))
+    used = []
+    real_init = EmotionClassifier.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        used.append(self.backend)
+
+    monkeypatch.setattr(EmotionClassifier, "__init__", init)
+    photo = _photo(tmp_path)
+    for flags in (["--runtime", "torch"], ["--runtime", "onnxruntime"], []):
+        assert main(["predict", str(photo), *flags, "--json", str(tmp_path / "p.json"), "-q"]) == 0
+    assert used == ["torch", "onnx", "onnx"]
